@@ -1,0 +1,100 @@
+//! `merchant-edge lookup`: a small client that asks a running edge and prints each answer on one line.
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+
+use crate::pb::merchant_lookup_client::MerchantLookupClient;
+use crate::pb::{LookupRequest, LookupResponse, MerchantStatus, Source};
+
+/// Accepts `host:port` or a full `http://host:port` URL.
+pub fn server_url(server: &str) -> String {
+    if server.contains("://") {
+        server.to_owned()
+    } else {
+        format!("http://{server}")
+    }
+}
+
+pub async fn connect(server: &str) -> Result<MerchantLookupClient<Channel>, String> {
+    let url = server_url(server);
+    let endpoint = Endpoint::from_shared(url.clone()).map_err(|e| format!("invalid server address {server}: {e}"))?;
+    let channel = endpoint
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to {url}: {e} (is `merchant-edge serve` running?)"))?;
+    Ok(MerchantLookupClient::new(channel))
+}
+
+/// Looks each ID up and prints one line per ID; returns how many lookups failed.
+pub async fn lookup_and_print(server: &str, ids: &[String]) -> Result<usize, String> {
+    let mut client = connect(server).await?;
+    let mut failures = 0;
+    for id in ids {
+        let outcome = client.lookup(LookupRequest { merchant_id: id.clone() }).await.map(|r| r.into_inner());
+        failures += usize::from(outcome.is_err());
+        println!("{}", render(id, &outcome));
+    }
+    Ok(failures)
+}
+
+/// One line for one answer, readable by a person at a terminal.
+pub fn render(requested: &str, outcome: &Result<LookupResponse, Status>) -> String {
+    let response = match outcome {
+        Err(status) => return format!("{requested}  error {:?}: {}", status.code(), status.message()),
+        Ok(response) => response,
+    };
+    let provenance = response.provenance.unwrap_or_default();
+    let source = match Source::try_from(provenance.source).unwrap_or(Source::Unspecified) {
+        Source::Cache => "cache",
+        Source::NegativeCache => "negative cache",
+        Source::Upstream => "bank core",
+        Source::Stale => "STALE (core unreachable)",
+        Source::Unspecified => "unknown source",
+    };
+    let from = format!("[{source}, age {}ms, as of sequence {}]", provenance.age_ms, provenance.as_of_sequence);
+    match &response.merchant {
+        Some(m) if response.found => {
+            let status = MerchantStatus::try_from(m.status).unwrap_or(MerchantStatus::Unspecified);
+            let status = status.as_str_name().trim_start_matches("MERCHANT_STATUS_");
+            format!(
+                "{}  found  {status}  {:?}  mcc {}  {}  v{}  {from}",
+                m.merchant_id, m.name, m.mcc, m.city, m.version
+            )
+        }
+        _ => format!("{requested}  NOT FOUND (unknown to the bank core)  {from}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::{Merchant, Provenance};
+
+    #[test]
+    fn renders_each_kind_of_answer() {
+        let found = LookupResponse {
+            found: true,
+            merchant: Some(Merchant {
+                merchant_id: "898000000000097".into(),
+                name: "Sunrise Bakery #97".into(),
+                mcc: "5462".into(),
+                city: "Suzhou".into(),
+                status: MerchantStatus::PendingReview as i32,
+                version: 1,
+                updated_at: None,
+            }),
+            provenance: Some(Provenance { source: Source::Cache as i32, age_ms: 12, as_of_sequence: 3 }),
+        };
+        let line = render("898000000000097", &Ok(found));
+        assert!(line.contains("PENDING_REVIEW") && line.contains("[cache, age 12ms, as of sequence 3]"), "{line}");
+        let missing = LookupResponse {
+            found: false,
+            merchant: None,
+            provenance: Some(Provenance { source: Source::NegativeCache as i32, age_ms: 0, as_of_sequence: 0 }),
+        };
+        assert!(render("898999999999999", &Ok(missing)).contains("NOT FOUND"));
+        let error = render("x", &Err(Status::invalid_argument("rule `length`")));
+        assert_eq!(error, "x  error InvalidArgument: rule `length`");
+        assert_eq!(server_url("127.0.0.1:50051"), "http://127.0.0.1:50051");
+    }
+}

@@ -1,0 +1,99 @@
+//! The subcommands of the `merchant-edge` binary, as library functions (main only parses arguments).
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+
+use tokio::net::TcpListener;
+
+use crate::config::{Config, UpstreamEndpoint};
+use crate::server::Edge;
+use crate::sim::{dataset, Simulator};
+
+/// A merchant of the synthetic data set that every fresh edge can answer.
+pub const EXAMPLE_ID: &str = "898000000000042";
+
+/// Loads the config file, or the embedded default when there is none.
+pub fn load_config(path: Option<&Path>) -> Result<Config, String> {
+    match path {
+        Some(path) => Config::load(path).map_err(|e| e.to_string()),
+        None => Ok(Config::default()),
+    }
+}
+
+/// `merchant-edge serve`: runs until SIGINT or SIGTERM.
+pub async fn serve(config: Config) -> Result<(), String> {
+    crate::telemetry::init_logging(&config.log);
+    let upstream = match &config.upstream.endpoint {
+        UpstreamEndpoint::Embedded => {
+            format!("embedded bank-core simulator ({} merchants)", config.upstream.embedded_merchants)
+        }
+        UpstreamEndpoint::Url(url) => format!("bank core at {url}"),
+    };
+    let edge = Edge::bind(config).await.map_err(|e| e.to_string())?.start().await.map_err(|e| e.to_string())?;
+    println!("merchant-edge listening for gRPC on {} (admin http://{})", edge.grpc_addr, edge.admin_addr);
+    println!("  upstream: {upstream}");
+    println!("  try:      merchant-edge lookup {EXAMPLE_ID} --server {}", edge.grpc_addr);
+    println!("        or: cargo run --release -- lookup {EXAMPLE_ID} 898000000000097 898999999999999");
+    edge.run_until(termination()).await.map_err(|e| e.to_string())
+}
+
+/// `merchant-edge core-sim`: a standalone bank-core simulator.
+pub async fn core_sim(listen: SocketAddr, merchants: u64, history: usize) -> Result<(), String> {
+    crate::telemetry::init_logging(&Default::default());
+    if merchants > crate::config::MAX_EMBEDDED {
+        return Err(format!("--merchants must be at most {}", crate::config::MAX_EMBEDDED));
+    }
+    let listener = TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let simulator = Simulator::new(merchants, history);
+    println!(
+        "core-sim listening on {} with {merchants} merchants ({} .. {}), keeping {history} changes",
+        listener.local_addr().map_err(|e| e.to_string())?,
+        dataset::synthetic_id(0),
+        dataset::synthetic_id(merchants.saturating_sub(1)),
+    );
+    simulator.serve(listener, termination()).await.map_err(|e| e.to_string())
+}
+
+/// `merchant-edge lookup`: exit status 1 when any lookup failed.
+pub async fn lookup(server: &str, ids: &[String]) -> ExitCode {
+    match crate::client::lookup_and_print(server, ids).await {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(1),
+        Err(message) => {
+            eprintln!("merchant-edge lookup: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `merchant-edge check-config`: prints the effective config, or the problems and exits non-zero.
+pub fn check_config(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            println!("# {}: valid; effective values:", path.display());
+            print!("{}", config.to_toml());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn termination() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutdown requested");
+}

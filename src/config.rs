@@ -1,0 +1,376 @@
+//! The one TOML config: a section per subsystem, every key optional with a documented default
+//! (`config/example.toml`), unknown keys rejected, and errors that name the file, line and key.
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroU64};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::merchant_id::IdRule;
+
+/// The whole configuration of `merchant-edge serve`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub admin: AdminConfig,
+    pub upstream: UpstreamConfig,
+    pub cache: CacheConfig,
+    pub merchant_id: IdRule,
+    pub log: LogConfig,
+}
+
+/// The terminal-facing gRPC listener.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Where terminals connect.
+    pub listen: SocketAddr,
+    /// Largest request message accepted; larger ones are refused before they are decoded.
+    pub max_request_bytes: NonZeroU32,
+    /// Most IDs accepted in one BatchLookup.
+    pub max_batch_size: NonZeroU32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            max_request_bytes: NonZeroU32::new(64 * 1024).expect("non-zero"),
+            max_batch_size: NonZeroU32::new(1000).expect("non-zero"),
+        }
+    }
+}
+
+/// The operators' HTTP endpoint (health and metrics).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9090)) }
+    }
+}
+
+/// The bank core the edge asks on a miss.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `"embedded"` runs the bank-core simulator inside the process; otherwise an `http://host:port` URL
+    /// of a MerchantCore server.
+    pub endpoint: UpstreamEndpoint,
+    /// Longest wait for one core call before the lookup is answered UNAVAILABLE.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Longest wait to open a connection to the core.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How many merchants the embedded simulator holds (only with `endpoint = "embedded"`).
+    pub embedded_merchants: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: UpstreamEndpoint::Embedded,
+            timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(1),
+            embedded_merchants: 100_000,
+        }
+    }
+}
+
+/// Where the bank core is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamEndpoint {
+    Embedded,
+    Url(String),
+}
+
+impl fmt::Display for UpstreamEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Embedded => f.write_str("embedded"),
+            Self::Url(url) => f.write_str(url),
+        }
+    }
+}
+
+impl std::str::FromStr for UpstreamEndpoint {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text == "embedded" {
+            return Ok(Self::Embedded);
+        }
+        let uri: tonic::transport::Uri = text
+            .parse()
+            .map_err(|e| format!("`{text}` is neither \"embedded\" nor a URL like \"http://10.0.0.5:50052\": {e}"))?;
+        match (uri.scheme_str(), uri.authority()) {
+            (Some("http" | "https"), Some(_)) => Ok(Self::Url(text.to_owned())),
+            _ => Err(format!(
+                "`{text}` must be \"embedded\" or an http:// or https:// URL with a host and port"
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for UpstreamEndpoint {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for UpstreamEndpoint {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// The positive and negative stores: separate capacities and TTLs, so a flood of unknown IDs can only
+/// evict negative entries.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Most merchants kept.
+    pub positive_capacity: NonZeroU64,
+    /// How long a merchant is served from memory without asking the core again. Change notices keep
+    /// entries fresh; the TTL is the safety net.
+    #[serde(with = "humantime_serde")]
+    pub positive_ttl: Duration,
+    /// Most "not found" answers kept.
+    pub negative_capacity: NonZeroU64,
+    /// How long a "not found" answer is served from memory.
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            positive_capacity: NonZeroU64::new(1_000_000).expect("non-zero"),
+            positive_ttl: Duration::from_secs(600),
+            negative_capacity: NonZeroU64::new(100_000).expect("non-zero"),
+            negative_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter: a level (`info`) or directives (`merchant_edge=debug,tower=warn`).
+    pub level: String,
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Why a config was rejected. Each problem names where it is, so the operator can go straight to it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}", render_problems(.origin, .problems))]
+    Invalid { origin: String, problems: Vec<Problem> },
+}
+
+/// One thing wrong with a config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line of the offending key or value, when it is in the file.
+    pub line: Option<usize>,
+    /// Dotted key path, e.g. `cache.negative_ttl`, when known.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+fn render_problems(origin: &str, problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems
+        .iter()
+        .map(|p| {
+            let place = match p.line {
+                Some(line) => format!("{origin}:{line}"),
+                None => origin.to_owned(),
+            };
+            match &p.key {
+                Some(key) => format!("{place}: {key}: {}", p.message),
+                None => format!("{place}: {}", p.message),
+            }
+        })
+        .collect();
+    format!("invalid config:\n  {}", lines.join("\n  "))
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; `origin` names it in errors (usually the file path).
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let invalid = |problems| ConfigError::Invalid { origin: origin.to_owned(), problems };
+        let config: Config = toml::from_str(text).map_err(|e| {
+            invalid(vec![Problem {
+                line: e.span().map(|span| line_of_offset(text, span.start)),
+                key: None,
+                message: e.message().trim_end().to_owned(),
+            }])
+        })?;
+        let problems: Vec<Problem> = config
+            .semantic_problems()
+            .into_iter()
+            .map(|(key, message)| Problem { line: line_of_key(text, key), key: Some(key.to_owned()), message })
+            .collect();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(invalid(problems))
+        }
+    }
+
+    /// Checks what the types alone cannot: ranges and combinations of keys.
+    fn semantic_problems(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        if self.server.listen == self.admin.listen {
+            problems.push(("admin.listen", format!("must differ from server.listen ({})", self.server.listen)));
+        }
+        for (key, value) in [
+            ("upstream.timeout", self.upstream.timeout),
+            ("upstream.connect_timeout", self.upstream.connect_timeout),
+            ("cache.positive_ttl", self.cache.positive_ttl),
+            ("cache.negative_ttl", self.cache.negative_ttl),
+        ] {
+            if value.is_zero() {
+                problems.push((key, "must be longer than 0s".to_owned()));
+            }
+        }
+        if self.upstream.endpoint == UpstreamEndpoint::Embedded && self.upstream.embedded_merchants > MAX_EMBEDDED {
+            problems.push(("upstream.embedded_merchants", format!("must be at most {MAX_EMBEDDED}")));
+        }
+        if let Err(message) = self.merchant_id.validate() {
+            problems.push(("merchant_id", message));
+        }
+        if let Err(message) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            problems.push(("log.level", format!("is not a valid level or filter: {message}")));
+        }
+        problems
+    }
+
+    /// The effective config as TOML, every default filled in.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("the config types always serialize")
+    }
+}
+
+/// The embedded simulator builds merchants on demand, but beyond this many the IDs no longer fit the
+/// 12-digit index of the synthetic ID scheme.
+pub const MAX_EMBEDDED: u64 = 999_999_999_999;
+
+fn line_of_offset(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Finds the line where a dotted key (or, failing that, its table) is written, for error messages.
+fn line_of_key(text: &str, dotted: &str) -> Option<usize> {
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut item = doc.as_item();
+    let mut span = None;
+    for part in dotted.split('.') {
+        match item.get(part) {
+            Some(next) => {
+                item = next;
+                span = next.span().or(span);
+            }
+            None => break,
+        }
+    }
+    span.map(|span| line_of_offset(text, span.start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_the_documented_default() {
+        let config = Config::parse("", "test").unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(config.upstream.endpoint, UpstreamEndpoint::Embedded);
+    }
+
+    #[test]
+    fn the_example_file_parses_to_the_defaults() {
+        let example = include_str!("../config/example.toml");
+        assert_eq!(Config::parse(example, "example.toml").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn durations_are_human_readable() {
+        let config = Config::parse("[cache]\nnegative_ttl = \"5s\"\npositive_ttl = \"10m\"\n", "t").unwrap();
+        assert_eq!(config.cache.negative_ttl, Duration::from_secs(5));
+        assert_eq!(config.cache.positive_ttl, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_their_line() {
+        let err = Config::parse("[cache]\npositive_ttl = \"1m\"\nnegative_tll = \"5s\"\n", "edge.toml").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("edge.toml:3"), "{text}");
+        assert!(text.contains("negative_tll"), "{text}");
+    }
+
+    #[test]
+    fn bad_values_name_line_and_reason() {
+        let err = Config::parse("[cache]\n\nnegative_capacity = 0\n", "edge.toml").unwrap_err();
+        assert!(err.to_string().contains("edge.toml:3"), "{err}");
+        let err = Config::parse("[upstream]\nendpoint = \"tcp://core\"\n", "edge.toml").unwrap_err();
+        assert!(err.to_string().contains("edge.toml:2"), "{err}");
+        assert!(err.to_string().contains("http://"), "{err}");
+    }
+
+    #[test]
+    fn impossible_combinations_are_rejected_with_the_key() {
+        let text = "[server]\nlisten = \"127.0.0.1:7000\"\n[admin]\nlisten = \"127.0.0.1:7000\"\n";
+        let err = Config::parse(text, "edge.toml").unwrap_err().to_string();
+        assert!(err.contains("edge.toml:4: admin.listen: must differ"), "{err}");
+        let err = Config::parse("[merchant_id]\nmin_length = 20\nmax_length = 10\n", "e").unwrap_err();
+        assert!(err.to_string().contains("merchant_id"), "{err}");
+        let err = Config::parse("[cache]\nnegative_ttl = \"0s\"\n", "e").unwrap_err();
+        assert!(err.to_string().contains("e:2: cache.negative_ttl: must be longer than 0s"), "{err}");
+    }
+
+    #[test]
+    fn syntax_errors_point_at_the_line() {
+        let err = Config::parse("[server]\nlisten = \n", "edge.toml").unwrap_err();
+        assert!(err.to_string().contains("edge.toml:2"), "{err}");
+    }
+
+    #[test]
+    fn effective_config_round_trips() {
+        let config = Config::parse("[upstream]\nendpoint = \"http://127.0.0.1:50052\"\n", "t").unwrap();
+        assert_eq!(Config::parse(&config.to_toml(), "t").unwrap(), config);
+    }
+}

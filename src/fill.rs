@@ -1,0 +1,154 @@
+//! In-flight fills: one core call per ID however many terminals ask at once (singleflight), and the
+//! fence that stops a fill from installing an answer older than a change notice.
+//!
+//! The fence is a lease, as memcache leases are: a fill holds its ID's slot in `in_flight` while the
+//! core call runs. Applying a change notice for the ID takes the slot away (under the same map-shard
+//! lock the fill must hold to install), so a fill that began before the notice can no longer install
+//! its answer; and lookups that start after the notice do not join it but start a fresh fill. A fill
+//! also refuses to install an answer whose `as_of_sequence` is older than the notices the edge had
+//! applied when it began (a core replica lagging behind its own change feed).
+use std::sync::Arc;
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use tokio::sync::watch;
+
+use crate::upstream::{CoreAnswer, UpstreamError};
+
+pub type FillOutcome = Result<CoreAnswer, UpstreamError>;
+
+/// One core call in flight, shared by every lookup of its ID that joined it.
+pub struct Fill {
+    outcome: watch::Sender<Option<FillOutcome>>,
+    /// The edge's applied notice sequence when the fill began.
+    pub started_after_sequence: u64,
+}
+
+impl Fill {
+    /// Waits for the core's answer (or failure).
+    pub async fn outcome(&self) -> FillOutcome {
+        let mut receiver = self.outcome.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let outcome = receiver.wait_for(Option::is_some).await.expect("fill sender outlives its waiters").clone();
+        outcome.expect("waited for Some")
+    }
+
+    fn publish(&self, outcome: FillOutcome) {
+        self.outcome.send_replace(Some(outcome));
+    }
+}
+
+/// Whether a lookup starts the core call or waits for one already running.
+pub enum Role {
+    Leader(Arc<Fill>),
+    Follower(Arc<Fill>),
+}
+
+#[derive(Default)]
+pub struct Fills {
+    in_flight: DashMap<Arc<str>, Arc<Fill>>,
+}
+
+impl Fills {
+    /// Joins the fill in flight for `id`, or registers a new one that the caller must run.
+    pub fn join_or_start(&self, id: &str, applied_sequence: u64) -> Role {
+        if let Some(fill) = self.in_flight.get(id) {
+            return Role::Follower(fill.clone());
+        }
+        match self.in_flight.entry(Arc::from(id)) {
+            Entry::Occupied(existing) => Role::Follower(existing.get().clone()),
+            Entry::Vacant(slot) => {
+                let fill =
+                    Arc::new(Fill { outcome: watch::Sender::new(None), started_after_sequence: applied_sequence });
+                slot.insert(fill.clone());
+                Role::Leader(fill)
+            }
+        }
+    }
+
+    /// Ends a fill: if it still holds its slot and its answer is not older than what the edge had
+    /// applied, runs `install` while holding the slot's lock; then hands the outcome to every waiter.
+    /// Returns whether the answer was installed.
+    pub fn finish(&self, id: &str, fill: &Arc<Fill>, outcome: FillOutcome, install: impl FnOnce(&CoreAnswer)) -> bool {
+        let mut installed = false;
+        self.in_flight.remove_if(id, |_, holder| {
+            let holds_slot = Arc::ptr_eq(holder, fill);
+            if let (true, Ok(answer)) = (holds_slot, &outcome) {
+                if answer.as_of_sequence >= fill.started_after_sequence {
+                    install(answer);
+                    installed = true;
+                }
+            }
+            holds_slot
+        });
+        fill.publish(outcome);
+        installed
+    }
+
+    /// Applies a change for `id` with the fence up: any fill in flight loses its slot first, and
+    /// `apply` runs under the slot's lock, so no fill can install in between. Returns whether a fill
+    /// was superseded.
+    pub fn supersede(&self, id: &str, apply: impl FnOnce()) -> bool {
+        match self.in_flight.entry(Arc::from(id)) {
+            Entry::Occupied(slot) => {
+                apply();
+                slot.remove();
+                true
+            }
+            Entry::Vacant(_slot) => {
+                apply();
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(as_of_sequence: u64) -> FillOutcome {
+        Ok(CoreAnswer { merchant: None, as_of_sequence })
+    }
+
+    #[tokio::test]
+    async fn concurrent_lookups_share_one_fill() {
+        let fills = Fills::default();
+        let Role::Leader(leader) = fills.join_or_start("m", 0) else { panic!("first is the leader") };
+        let Role::Follower(follower) = fills.join_or_start("m", 0) else { panic!("second follows") };
+        assert!(Arc::ptr_eq(&leader, &follower));
+        let waiter = tokio::spawn(async move { follower.outcome().await });
+        assert!(fills.finish("m", &leader, answer(3), |_| {}));
+        assert_eq!(waiter.await.unwrap(), answer(3));
+        assert!(matches!(fills.join_or_start("m", 0), Role::Leader(_)), "a finished fill frees the slot");
+    }
+
+    #[tokio::test]
+    async fn a_superseded_fill_cannot_install_and_new_lookups_do_not_join_it() {
+        let fills = Fills::default();
+        let Role::Leader(old) = fills.join_or_start("m", 0) else { panic!() };
+        let mut applied = false;
+        assert!(fills.supersede("m", || applied = true));
+        assert!(applied);
+        let Role::Leader(fresh) = fills.join_or_start("m", 1) else { panic!("must not join the old fill") };
+        assert!(!fills.finish("m", &old, answer(0), |_| panic!("old fill installed")));
+        assert_eq!(old.outcome().await, answer(0), "its own waiters still get an answer");
+        assert!(fills.finish("m", &fresh, answer(1), |_| {}));
+    }
+
+    #[tokio::test]
+    async fn answers_older_than_applied_notices_are_not_installed() {
+        let fills = Fills::default();
+        let Role::Leader(fill) = fills.join_or_start("m", 10) else { panic!() };
+        assert!(!fills.finish("m", &fill, answer(9), |_| panic!("stale answer installed")));
+    }
+
+    #[tokio::test]
+    async fn failures_are_shared_and_never_installed() {
+        let fills = Fills::default();
+        let Role::Leader(fill) = fills.join_or_start("m", 0) else { panic!() };
+        let failure: FillOutcome = Err(UpstreamError::Unavailable("down".into()));
+        assert!(!fills.finish("m", &fill, failure.clone(), |_| panic!("failure installed")));
+        assert_eq!(fill.outcome().await, failure);
+    }
+}

@@ -1,0 +1,33 @@
+//! merchant-edge: a gRPC edge cache that answers merchant lookups for payment terminals from memory,
+//! asks the bank core once on a miss, and says where every answer came from.
+//!
+//! # Layout
+//! - [`config`]: the TOML config, its defaults and its validation.
+//! - [`merchant_id`]: ID normalisation and the configurable ID rule.
+//! - [`store`]: the bounded positive and negative answer stores.
+//! - [`fill`]: in-flight core calls: singleflight and the fence against stale installs.
+//! - [`upstream`]: the client for the bank core's `MerchantCore` contract.
+//! - [`resolver`]: the lookup path tying the above together.
+//! - [`service`]: the terminal-facing `MerchantLookup` gRPC service; [`status`] maps errors to gRPC codes.
+//! - [`readiness`], [`admin`], [`metrics`], [`telemetry`]: what operators see.
+//! - [`server`]: assembles a running edge from a config and bound listeners.
+//! - [`sim`]: the bank-core simulator (`core-sim`, and the embedded default upstream).
+//! - [`client`], [`commands`]: the `lookup` client and the binary's subcommands.
+//! - [`pb`]: generated protobuf code.
+pub mod admin;
+pub mod client;
+pub mod commands;
+pub mod config;
+pub mod fill;
+pub mod merchant_id;
+pub mod metrics;
+pub mod pb;
+pub mod readiness;
+pub mod resolver;
+pub mod server;
+pub mod service;
+pub mod sim;
+pub mod status;
+pub mod store;
+pub mod telemetry;
+pub mod upstream;

@@ -1,0 +1,65 @@
+//! The `merchant-edge` binary: parses arguments and hands over to the library.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use merchant_edge::commands;
+
+#[derive(Parser)]
+#[command(name = "merchant-edge", version, about = "gRPC edge cache for merchant lookups from payment terminals")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the edge. Without --config: gRPC on 127.0.0.1:50051, admin on 127.0.0.1:9090, and an
+    /// embedded bank-core simulator with 100,000 merchants.
+    Serve {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Run the bank-core simulator as a standalone gRPC server.
+    CoreSim {
+        #[arg(long, default_value = "127.0.0.1:50052")]
+        listen: SocketAddr,
+        /// Synthetic merchants: IDs 898 followed by the 12-digit index.
+        #[arg(long, default_value_t = 1_000_000)]
+        merchants: u64,
+        /// Changes kept for WatchChanges resumption.
+        #[arg(long, default_value_t = merchant_edge::sim::DEFAULT_HISTORY)]
+        history: usize,
+    },
+    /// Look merchant IDs up on a running edge and print the answers.
+    Lookup {
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        server: String,
+    },
+    /// Validate a config file and print its effective values.
+    CheckConfig { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::CheckConfig { file } = &cli.command {
+        return commands::check_config(file);
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve { config } => commands::serve(commands::load_config(config.as_deref())?).await,
+            Command::CoreSim { listen, merchants, history } => commands::core_sim(listen, merchants, history).await,
+            Command::Lookup { ids, server } => return Ok(commands::lookup(&server, &ids).await),
+            Command::CheckConfig { .. } => unreachable!("handled before the runtime starts"),
+        }
+        .map(|()| ExitCode::SUCCESS)
+    });
+    result.unwrap_or_else(|message| {
+        eprintln!("merchant-edge: {message}");
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,55 @@
+//! The bank-core simulator: a real gRPC implementation of the core contract (`MerchantCore`) over a
+//! deterministic synthetic data set, with `CoreAdmin` to onboard, change and delete merchants and to
+//! inject faults. It is the embedded default upstream, the upstream in tests, and a staging upstream.
+pub mod dataset;
+pub mod ledger;
+mod service;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use self::ledger::Ledger;
+use self::service::{AdminService, CoreService, SimState};
+use crate::pb::core_admin_server::CoreAdminServer;
+use crate::pb::merchant_core_server::MerchantCoreServer;
+
+/// Changes kept for WatchChanges by default; older resume points get OUT_OF_RANGE.
+pub const DEFAULT_HISTORY: usize = 100_000;
+
+/// One simulated bank core.
+#[derive(Clone)]
+pub struct Simulator {
+    state: Arc<SimState>,
+}
+
+impl Simulator {
+    /// A core holding synthetic merchants `0..merchants`, keeping the last `history` changes.
+    pub fn new(merchants: u64, history: usize) -> Self {
+        Self { state: SimState::new(Ledger::new(merchants, history)) }
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.state.ledger
+    }
+
+    /// Serves MerchantCore, CoreAdmin and reflection on `listener` until `shutdown` completes.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .expect("the embedded descriptor set is valid");
+        tonic::transport::Server::builder()
+            .add_service(MerchantCoreServer::new(CoreService(self.state.clone())))
+            .add_service(CoreAdminServer::new(AdminService(self.state)))
+            .add_service(reflection)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await
+    }
+}

@@ -1,0 +1,78 @@
+//! The client side of the core contract: point reads with a deadline, and errors that say the core
+//! failed — never confused with "the merchant does not exist".
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+use crate::pb::merchant_core_client::MerchantCoreClient;
+use crate::pb::{GetMerchantRequest, Merchant};
+
+/// Why the core gave no answer. Cloneable because one failure is shared by every coalesced caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("the bank core did not answer within {0:?}; retry later")]
+    Timeout(Duration),
+    #[error("the bank core is unreachable or failing ({0}); retry later")]
+    Unavailable(String),
+}
+
+/// What the core said about one merchant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CoreAnswer {
+    /// `None` when the core does not know the ID.
+    pub merchant: Option<Merchant>,
+    /// Every change up to this sequence is reflected in the answer.
+    pub as_of_sequence: u64,
+}
+
+#[derive(Clone)]
+pub struct CoreClient {
+    client: MerchantCoreClient<Channel>,
+    timeout: Duration,
+}
+
+impl CoreClient {
+    /// A client that connects on first use and reconnects after failures, so the edge starts (and keeps
+    /// serving from memory) while the core is down.
+    pub fn connect_lazy(url: &str, connect_timeout: Duration, timeout: Duration) -> Result<Self, String> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| format!("invalid upstream endpoint {url}: {e}"))?
+            .connect_timeout(connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_while_idle(true);
+        Ok(Self { client: MerchantCoreClient::new(endpoint.connect_lazy()), timeout })
+    }
+
+    /// The underlying gRPC client, for the change feed and snapshot reads.
+    pub fn grpc(&self) -> MerchantCoreClient<Channel> {
+        self.client.clone()
+    }
+
+    pub async fn get_merchant(&self, merchant_id: &str) -> Result<CoreAnswer, UpstreamError> {
+        let mut request = tonic::Request::new(GetMerchantRequest { merchant_id: merchant_id.to_owned() });
+        request.set_timeout(self.timeout);
+        let mut client = self.client.clone();
+        let call = client.get_merchant(request);
+        let response = tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| UpstreamError::Timeout(self.timeout))?
+            .map_err(|status| UpstreamError::Unavailable(describe_status(&status)))?
+            .into_inner();
+        let merchant = match (response.found, response.merchant) {
+            (true, Some(merchant)) => Some(merchant),
+            (true, None) => return Err(UpstreamError::Unavailable("core answered found without a merchant".into())),
+            (false, _) => None,
+        };
+        Ok(CoreAnswer { merchant, as_of_sequence: response.as_of_sequence })
+    }
+}
+
+/// A short description of a failed core call, for logs and for the caller's error message.
+pub fn describe_status(status: &tonic::Status) -> String {
+    if status.message().is_empty() {
+        format!("{:?}", status.code())
+    } else {
+        format!("{:?}: {}", status.code(), status.message())
+    }
+}
