@@ -38,7 +38,10 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     let (positive, negative) = state.resolver.stores().entry_counts();
     state.metrics.set_cache_entries(positive, negative);
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
 }

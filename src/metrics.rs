@@ -2,31 +2,53 @@
 //! are resolved once here, so counting a lookup is one atomic add with no label lookup.
 use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-/// Which store answered a lookup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
-pub enum SourceLabel {
-    Cache,
-    NegativeCache,
-    Upstream,
-    Stale,
-    /// No store answered: the lookup failed.
-    None,
+/// Declares an enum used as a label value, rendered in Prometheus' snake_case.
+macro_rules! label_values {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant),+
+        }
+
+        impl EncodeLabelValue for $name {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+                encoder.write_str(match self {
+                    $(Self::$variant => $text),+
+                })
+            }
+        }
+    };
 }
 
-/// How a lookup ended for the caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
-pub enum ResultLabel {
-    Found,
-    NotFound,
-    InvalidId,
-    Unavailable,
+label_values! {
+    /// Which store answered a lookup.
+    SourceLabel {
+        Cache => "cache",
+        NegativeCache => "negative_cache",
+        Upstream => "upstream",
+        /// No store answered: the lookup failed.
+        None => "none",
+    }
+}
+
+label_values! {
+    /// How a lookup ended for the caller.
+    ResultLabel {
+        Found => "found",
+        NotFound => "not_found",
+        InvalidId => "invalid_id",
+        Unavailable => "unavailable",
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -35,13 +57,14 @@ struct LookupLabels {
     result: ResultLabel,
 }
 
-/// How a core call ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
-pub enum CoreCallResult {
-    Found,
-    NotFound,
-    Error,
-    Timeout,
+label_values! {
+    /// How a core call ended.
+    CoreCallResult {
+        Found => "found",
+        NotFound => "not_found",
+        Error => "error",
+        Timeout => "timeout",
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -49,10 +72,11 @@ struct CoreCallLabels {
     result: CoreCallResult,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
-pub enum StoreLabel {
-    Positive,
-    Negative,
+label_values! {
+    StoreLabel {
+        Positive => "positive",
+        Negative => "negative",
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -74,9 +98,17 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("merchant_edge");
         let lookups = Family::<LookupLabels, Counter>::default();
-        registry.register("lookups", "Lookups answered, by the store that answered and the result", lookups.clone());
+        registry.register(
+            "lookups",
+            "Lookups answered, by the store that answered and the result",
+            lookups.clone(),
+        );
         let core_calls = Family::<CoreCallLabels, Counter>::default();
-        registry.register("core_calls", "GetMerchant calls to the bank core, by result", core_calls.clone());
+        registry.register(
+            "core_calls",
+            "GetMerchant calls to the bank core, by result",
+            core_calls.clone(),
+        );
         let core_call_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         registry.register_with_unit(
             "core_call_duration",
@@ -103,24 +135,38 @@ impl Default for Metrics {
             "Entries held per store (an estimate: maintenance runs in batches)",
             cache_entries.clone(),
         );
-        Self { registry, lookups, core_calls, core_call_duration, coalesced_waits, fills_fenced, cache_entries }
+        Self {
+            registry,
+            lookups,
+            core_calls,
+            core_call_duration,
+            coalesced_waits,
+            fills_fenced,
+            cache_entries,
+        }
     }
 }
 
 impl Metrics {
     /// The counter for one kind of lookup outcome; resolve once and keep it.
     pub fn lookup_counter(&self, source: SourceLabel, result: ResultLabel) -> Counter {
-        self.lookups.get_or_create(&LookupLabels { source, result }).clone()
+        self.lookups
+            .get_or_create(&LookupLabels { source, result })
+            .clone()
     }
 
     pub fn record_core_call(&self, result: CoreCallResult, elapsed: Duration) {
-        self.core_calls.get_or_create(&CoreCallLabels { result }).inc();
+        self.core_calls
+            .get_or_create(&CoreCallLabels { result })
+            .inc();
         self.core_call_duration.observe(elapsed.as_secs_f64());
     }
 
     pub fn set_cache_entries(&self, positive: u64, negative: u64) {
         let set = |store, value: u64| {
-            self.cache_entries.get_or_create(&StoreLabels { store }).set(value.try_into().unwrap_or(i64::MAX))
+            self.cache_entries
+                .get_or_create(&StoreLabels { store })
+                .set(value.try_into().unwrap_or(i64::MAX))
         };
         set(StoreLabel::Positive, positive);
         set(StoreLabel::Negative, negative);
@@ -129,7 +175,8 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
         text
     }
 }

@@ -15,7 +15,10 @@ pub struct Readiness {
 impl Readiness {
     /// Starts not ready.
     pub fn new(health: HealthReporter) -> Self {
-        Self { ready: watch::Sender::new(false), health }
+        Self {
+            ready: watch::Sender::new(false),
+            health,
+        }
     }
 
     pub fn is_ready(&self) -> bool {
@@ -24,8 +27,17 @@ impl Readiness {
 
     pub async fn set(&self, ready: bool) {
         self.ready.send_replace(ready);
-        let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
+        let status = if ready {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
         self.health.set_service_status("", status).await;
-        self.health.set_service_status(<MerchantLookupServer<LookupService> as tonic::server::NamedService>::NAME, status).await;
+        self.health
+            .set_service_status(
+                <MerchantLookupServer<LookupService> as tonic::server::NamedService>::NAME,
+                status,
+            )
+            .await;
     }
 }

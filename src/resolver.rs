@@ -105,7 +105,10 @@ impl Resolver {
 
     /// Asks the core for `id`, sharing the call with every concurrent lookup of the same ID.
     async fn ask_core(self: &Arc<Self>, id: &str) -> Result<CoreAnswer, UpstreamError> {
-        let fill = match self.fills.join_or_start(id, self.applied_sequence.load(Ordering::Acquire)) {
+        let fill = match self
+            .fills
+            .join_or_start(id, self.applied_sequence.load(Ordering::Acquire))
+        {
             Role::Follower(fill) => {
                 self.metrics.coalesced_waits.inc();
                 fill
@@ -145,11 +148,19 @@ impl Resolver {
         match &answer.merchant {
             Some(merchant) => self.stores.put_positive(
                 id,
-                PositiveEntry { merchant: merchant.clone(), as_of_sequence: answer.as_of_sequence, learned_at },
+                PositiveEntry {
+                    merchant: merchant.clone(),
+                    as_of_sequence: answer.as_of_sequence,
+                    learned_at,
+                },
             ),
             None => self.stores.put_negative(
                 id,
-                NegativeEntry { as_of_sequence: answer.as_of_sequence, learned_at, ttl: self.negative_ttl },
+                NegativeEntry {
+                    as_of_sequence: answer.as_of_sequence,
+                    learned_at,
+                    ttl: self.negative_ttl,
+                },
             ),
         }
     }

@@ -16,9 +16,26 @@ const INDEX_DIGITS: usize = 12;
 const EPOCH_SECONDS: i64 = 1_767_225_600;
 
 const NAME_STEMS: &[&str] = &[
-    "Golden Dragon", "Jade Garden", "Sunrise", "Harbour View", "Lucky Star", "Red Lantern", "Blue Lotus",
-    "Silver Pine", "Peach Blossom", "Great Wall", "Pearl River", "Bamboo Grove", "Morning Dew", "Twin Phoenix",
-    "Evergreen", "West Lake", "Spring Breeze", "Mountain Tea", "Old Town", "Riverside",
+    "Golden Dragon",
+    "Jade Garden",
+    "Sunrise",
+    "Harbour View",
+    "Lucky Star",
+    "Red Lantern",
+    "Blue Lotus",
+    "Silver Pine",
+    "Peach Blossom",
+    "Great Wall",
+    "Pearl River",
+    "Bamboo Grove",
+    "Morning Dew",
+    "Twin Phoenix",
+    "Evergreen",
+    "West Lake",
+    "Spring Breeze",
+    "Mountain Tea",
+    "Old Town",
+    "Riverside",
 ];
 const KINDS: &[(&str, &str)] = &[
     ("5411", "Supermarket"),
@@ -35,8 +52,22 @@ const KINDS: &[(&str, &str)] = &[
     ("5732", "Electronics"),
 ];
 const CITIES: &[&str] = &[
-    "Shanghai", "Beijing", "Guangzhou", "Shenzhen", "Hangzhou", "Chengdu", "Wuhan", "Nanjing", "Xi'an",
-    "Suzhou", "Tianjin", "Chongqing", "Qingdao", "Xiamen", "Kunming", "Harbin",
+    "Shanghai",
+    "Beijing",
+    "Guangzhou",
+    "Shenzhen",
+    "Hangzhou",
+    "Chengdu",
+    "Wuhan",
+    "Nanjing",
+    "Xi'an",
+    "Suzhou",
+    "Tianjin",
+    "Chongqing",
+    "Qingdao",
+    "Xiamen",
+    "Kunming",
+    "Harbin",
 ];
 
 /// The ID of synthetic merchant `index`.
@@ -76,7 +107,10 @@ pub fn synthetic_merchant(index: u64) -> Merchant {
         city: city.to_owned(),
         status: synthetic_status(index) as i32,
         version: 1,
-        updated_at: Some(Timestamp { seconds: EPOCH_SECONDS + ((mix >> 40) % 31_536_000) as i64, nanos: 0 }),
+        updated_at: Some(Timestamp {
+            seconds: EPOCH_SECONDS + ((mix >> 40) % 31_536_000) as i64,
+            nanos: 0,
+        }),
     }
 }
 
@@ -104,7 +138,8 @@ mod tests {
     #[test]
     fn merchants_are_deterministic_and_varied() {
         assert_eq!(synthetic_merchant(7), synthetic_merchant(7));
-        let names: std::collections::HashSet<_> = (0..50).map(|i| synthetic_merchant(i).name).collect();
+        let names: std::collections::HashSet<_> =
+            (0..50).map(|i| synthetic_merchant(i).name).collect();
         assert!(names.len() > 40, "names should vary: {names:?}");
         assert_eq!(synthetic_merchant(42).version, 1);
     }
@@ -114,7 +149,9 @@ mod tests {
         assert_eq!(synthetic_status(97), MerchantStatus::PendingReview);
         assert_eq!(synthetic_status(98), MerchantStatus::Suspended);
         assert_eq!(synthetic_status(99), MerchantStatus::Closed);
-        let inactive = (0..10_000).filter(|&i| synthetic_status(i) != MerchantStatus::Active).count();
+        let inactive = (0..10_000)
+            .filter(|&i| synthetic_status(i) != MerchantStatus::Active)
+            .count();
         assert_eq!(inactive, 300);
     }
 }

@@ -28,7 +28,9 @@ pub struct Simulator {
 impl Simulator {
     /// A core holding synthetic merchants `0..merchants`, keeping the last `history` changes.
     pub fn new(merchants: u64, history: usize) -> Self {
-        Self { state: SimState::new(Ledger::new(merchants, history)) }
+        Self {
+            state: SimState::new(Ledger::new(merchants, history)),
+        }
     }
 
     pub fn ledger(&self) -> &Ledger {

@@ -11,9 +11,9 @@ use super::ledger::{Ledger, LedgerError};
 use crate::pb::core_admin_server::CoreAdmin;
 use crate::pb::merchant_core_server::MerchantCore;
 use crate::pb::{
-    ChangeNotice, ChangeResponse, DeleteMerchantRequest, GetMerchantRequest, GetMerchantResponse, GetStatsRequest,
-    GetStatsResponse, ListMerchantsRequest, ListMerchantsResponse, SetFaultsRequest, SetFaultsResponse,
-    UpsertMerchantRequest, WatchChangesRequest,
+    ChangeNotice, ChangeResponse, DeleteMerchantRequest, GetMerchantRequest, GetMerchantResponse,
+    GetStatsRequest, GetStatsResponse, ListMerchantsRequest, ListMerchantsResponse,
+    SetFaultsRequest, SetFaultsResponse, UpsertMerchantRequest, WatchChangesRequest,
 };
 
 const DEFAULT_PAGE_SIZE: usize = 1_000;
@@ -49,11 +49,15 @@ pub struct SimState {
 
 impl SimState {
     pub fn new(ledger: Ledger) -> Arc<Self> {
-        Arc::new(Self { ledger, faults: watch::Sender::new(Faults::default()), counters: Counters::default() })
+        Arc::new(Self {
+            ledger,
+            faults: watch::Sender::new(Faults::default()),
+            counters: Counters::default(),
+        })
     }
 
     fn settings(&self) -> SetFaultsRequest {
-        self.faults.borrow().settings.clone()
+        self.faults.borrow().settings
     }
 
     fn should_inject_error(&self, error_rate: f64) -> bool {
@@ -61,7 +65,10 @@ impl SimState {
             return false;
         }
         let step = (error_rate.min(1.0) * 1e6) as u64;
-        let before = self.counters.error_budget_millionths.fetch_add(step, Ordering::Relaxed);
+        let before = self
+            .counters
+            .error_budget_millionths
+            .fetch_add(step, Ordering::Relaxed);
         (before + step) / 1_000_000 > before / 1_000_000
     }
 
@@ -87,9 +94,14 @@ fn ledger_status(error: LedgerError) -> Status {
 
 #[tonic::async_trait]
 impl MerchantCore for CoreService {
-    async fn get_merchant(&self, request: Request<GetMerchantRequest>) -> Result<Response<GetMerchantResponse>, Status> {
+    async fn get_merchant(
+        &self,
+        request: Request<GetMerchantRequest>,
+    ) -> Result<Response<GetMerchantResponse>, Status> {
         let sim = &self.0;
-        sim.counters.get_merchant_calls.fetch_add(1, Ordering::Relaxed);
+        sim.counters
+            .get_merchant_calls
+            .fetch_add(1, Ordering::Relaxed);
         let settings = sim.settings();
         let (merchant, as_of_sequence) = sim.ledger.get(&request.get_ref().merchant_id);
         sim.network_delay().await;
@@ -99,9 +111,15 @@ impl MerchantCore for CoreService {
         }
         if sim.should_inject_error(settings.error_rate) {
             sim.counters.injected_errors.fetch_add(1, Ordering::Relaxed);
-            return Err(Status::unavailable("core-sim: injected error (SetFaults.error_rate)"));
+            return Err(Status::unavailable(
+                "core-sim: injected error (SetFaults.error_rate)",
+            ));
         }
-        Ok(Response::new(GetMerchantResponse { found: merchant.is_some(), merchant, as_of_sequence }))
+        Ok(Response::new(GetMerchantResponse {
+            found: merchant.is_some(),
+            merchant,
+            as_of_sequence,
+        }))
     }
 
     async fn list_merchants(
@@ -109,7 +127,9 @@ impl MerchantCore for CoreService {
         request: Request<ListMerchantsRequest>,
     ) -> Result<Response<ListMerchantsResponse>, Status> {
         let sim = &self.0;
-        sim.counters.list_merchants_calls.fetch_add(1, Ordering::Relaxed);
+        sim.counters
+            .list_merchants_calls
+            .fetch_add(1, Ordering::Relaxed);
         let request = request.into_inner();
         let page_size = match request.page_size as usize {
             0 => DEFAULT_PAGE_SIZE,
@@ -135,21 +155,33 @@ impl MerchantCore for CoreService {
         let after = request.get_ref().after_sequence;
         sim.ledger.changes_after(after, 0).map_err(ledger_status)?;
         if sim.settings().drop_streams {
-            return Err(Status::unavailable("core-sim: streams are being dropped (SetFaults.drop_streams)"));
+            return Err(Status::unavailable(
+                "core-sim: streams are being dropped (SetFaults.drop_streams)",
+            ));
         }
-        sim.counters.watch_streams_opened.fetch_add(1, Ordering::Relaxed);
+        sim.counters
+            .watch_streams_opened
+            .fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(STREAM_BATCH);
         tokio::spawn(async move {
-            sim.counters.watch_streams_open.fetch_add(1, Ordering::Relaxed);
+            sim.counters
+                .watch_streams_open
+                .fetch_add(1, Ordering::Relaxed);
             stream_changes(&sim, after, &tx).await;
-            sim.counters.watch_streams_open.fetch_sub(1, Ordering::Relaxed);
+            sim.counters
+                .watch_streams_open
+                .fetch_sub(1, Ordering::Relaxed);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 
 /// Sends every change after `after`, then live ones, until the subscriber leaves or a fault ends it.
-async fn stream_changes(sim: &SimState, mut after: u64, tx: &mpsc::Sender<Result<ChangeNotice, Status>>) {
+async fn stream_changes(
+    sim: &SimState,
+    mut after: u64,
+    tx: &mpsc::Sender<Result<ChangeNotice, Status>>,
+) {
     let mut head = sim.ledger.subscribe_head();
     let mut faults = sim.faults.subscribe();
     let mut gaps_seen = faults.borrow_and_update().gap_requests;
@@ -172,7 +204,11 @@ async fn stream_changes(sim: &SimState, mut after: u64, tx: &mpsc::Sender<Result
         for notice in batch {
             let current = faults.borrow_and_update().clone();
             if current.settings.drop_streams {
-                let _ = tx.send(Err(Status::unavailable("core-sim: stream dropped (SetFaults.drop_streams)"))).await;
+                let _ = tx
+                    .send(Err(Status::unavailable(
+                        "core-sim: stream dropped (SetFaults.drop_streams)",
+                    )))
+                    .await;
                 return;
             }
             if current.gap_requests > gaps_seen {
@@ -185,14 +221,21 @@ async fn stream_changes(sim: &SimState, mut after: u64, tx: &mpsc::Sender<Result
                 continue;
             }
             if current.settings.notice_delay_ms > 0 {
-                tokio::time::sleep(Duration::from_millis(current.settings.notice_delay_ms.into())).await;
+                tokio::time::sleep(Duration::from_millis(
+                    current.settings.notice_delay_ms.into(),
+                ))
+                .await;
             }
             if tx.send(Ok(notice)).await.is_err() {
                 return;
             }
         }
         if faults.borrow().settings.drop_streams {
-            let _ = tx.send(Err(Status::unavailable("core-sim: stream dropped (SetFaults.drop_streams)"))).await;
+            let _ = tx
+                .send(Err(Status::unavailable(
+                    "core-sim: stream dropped (SetFaults.drop_streams)",
+                )))
+                .await;
             return;
         }
     }
@@ -203,35 +246,61 @@ pub struct AdminService(pub Arc<SimState>);
 
 #[tonic::async_trait]
 impl CoreAdmin for AdminService {
-    async fn upsert_merchant(&self, request: Request<UpsertMerchantRequest>) -> Result<Response<ChangeResponse>, Status> {
+    async fn upsert_merchant(
+        &self,
+        request: Request<UpsertMerchantRequest>,
+    ) -> Result<Response<ChangeResponse>, Status> {
         let merchant = request
             .into_inner()
             .merchant
             .ok_or_else(|| Status::invalid_argument("merchant is required"))?;
         let notice = self.0.ledger.upsert(merchant).map_err(ledger_status)?;
-        Ok(Response::new(ChangeResponse { sequence: notice.sequence, merchant: notice.merchant }))
+        Ok(Response::new(ChangeResponse {
+            sequence: notice.sequence,
+            merchant: notice.merchant,
+        }))
     }
 
-    async fn delete_merchant(&self, request: Request<DeleteMerchantRequest>) -> Result<Response<ChangeResponse>, Status> {
-        let notice = self.0.ledger.delete(&request.get_ref().merchant_id).map_err(ledger_status)?;
-        Ok(Response::new(ChangeResponse { sequence: notice.sequence, merchant: None }))
+    async fn delete_merchant(
+        &self,
+        request: Request<DeleteMerchantRequest>,
+    ) -> Result<Response<ChangeResponse>, Status> {
+        let notice = self
+            .0
+            .ledger
+            .delete(&request.get_ref().merchant_id)
+            .map_err(ledger_status)?;
+        Ok(Response::new(ChangeResponse {
+            sequence: notice.sequence,
+            merchant: None,
+        }))
     }
 
-    async fn set_faults(&self, request: Request<SetFaultsRequest>) -> Result<Response<SetFaultsResponse>, Status> {
+    async fn set_faults(
+        &self,
+        request: Request<SetFaultsRequest>,
+    ) -> Result<Response<SetFaultsResponse>, Status> {
         let settings = request.into_inner();
         if !(0.0..=1.0).contains(&settings.error_rate) {
-            return Err(Status::invalid_argument("error_rate must be between 0.0 and 1.0"));
+            return Err(Status::invalid_argument(
+                "error_rate must be between 0.0 and 1.0",
+            ));
         }
         self.0.faults.send_modify(|faults| {
             if settings.skip_notices > 0 {
                 faults.gap_requests += 1;
             }
-            faults.settings = settings.clone();
+            faults.settings = settings;
         });
-        Ok(Response::new(SetFaultsResponse { active: Some(settings) }))
+        Ok(Response::new(SetFaultsResponse {
+            active: Some(settings),
+        }))
     }
 
-    async fn get_stats(&self, _request: Request<GetStatsRequest>) -> Result<Response<GetStatsResponse>, Status> {
+    async fn get_stats(
+        &self,
+        _request: Request<GetStatsRequest>,
+    ) -> Result<Response<GetStatsResponse>, Status> {
         let sim = &self.0;
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         Ok(Response::new(GetStatsResponse {

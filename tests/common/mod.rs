@@ -1,0 +1,201 @@
+//! Shared harness: a real simulator and a real edge on 127.0.0.1:0, talking gRPC over loopback.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use merchant_edge::config::{Config, UpstreamEndpoint};
+use merchant_edge::pb::core_admin_client::CoreAdminClient;
+use merchant_edge::pb::merchant_lookup_client::MerchantLookupClient;
+use merchant_edge::pb::{
+    GetStatsRequest, GetStatsResponse, LookupRequest, LookupResponse, SetFaultsRequest,
+};
+use merchant_edge::server::{Edge, RunningEdge};
+use merchant_edge::sim::Simulator;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+pub const KNOWN: &str = "898000000000042";
+pub const UNKNOWN: &str = "898999999999999";
+
+/// `id` typed on a CJK keyboard: each ASCII digit as its full-width form (０-９).
+pub fn full_width(id: &str) -> String {
+    id.chars()
+        .map(|c| char::from_u32(c as u32 + 0xFEE0).unwrap())
+        .collect()
+}
+
+pub async fn loopback() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0")
+}
+
+/// A simulator serving on loopback.
+pub struct Core {
+    pub addr: SocketAddr,
+    pub simulator: Simulator,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Core {
+    pub async fn start(merchants: u64) -> Self {
+        Self::start_with(Simulator::new(merchants, 10_000), loopback().await).await
+    }
+
+    pub async fn start_with(simulator: Simulator, listener: TcpListener) -> Self {
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serving = simulator.clone();
+        let task = tokio::spawn(async move {
+            serving
+                .serve(listener, async { drop(stopped.await) })
+                .await
+                .expect("core-sim serves");
+        });
+        Self {
+            addr,
+            simulator,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn admin(&self) -> CoreAdminClient<Channel> {
+        CoreAdminClient::connect(self.url())
+            .await
+            .expect("connect to core admin")
+    }
+
+    pub async fn stats(&self) -> GetStatsResponse {
+        self.admin()
+            .await
+            .get_stats(GetStatsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    pub async fn set_faults(&self, faults: SetFaultsRequest) {
+        self.admin().await.set_faults(faults).await.unwrap();
+    }
+
+    /// Stops serving and waits until the port is closed.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+/// An edge configuration pointing at `core_url`, on loopback ports chosen by the OS.
+pub fn edge_config(core_url: &str) -> Config {
+    let mut config = Config::default();
+    config.upstream.endpoint = UpstreamEndpoint::Url(core_url.to_owned());
+    config
+}
+
+pub async fn start_edge(config: Config) -> RunningEdge {
+    Edge::with_listeners(config, loopback().await, loopback().await)
+        .start()
+        .await
+        .expect("edge starts")
+}
+
+pub async fn client(edge: &RunningEdge) -> MerchantLookupClient<Channel> {
+    MerchantLookupClient::connect(format!("http://{}", edge.grpc_addr))
+        .await
+        .expect("connect to edge")
+}
+
+pub async fn lookup(
+    client: &mut MerchantLookupClient<Channel>,
+    id: &str,
+) -> Result<LookupResponse, tonic::Status> {
+    client
+        .lookup(LookupRequest {
+            merchant_id: id.to_owned(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Moves tokio's clock forward without sleeping. The clock is paused only for the jump, so the
+/// loopback I/O of the rest of the test runs on normal time.
+pub async fn advance_clock(by: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(by).await;
+    tokio::time::resume();
+}
+
+/// Polls `condition` until it holds; fails the test after 10 s of real time.
+pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    eventually(what, || {
+        let holds = condition();
+        async move { holds.await.then_some(()) }
+    })
+    .await
+}
+
+/// Polls `attempt` until it yields a value; fails the test after 10 s of real time.
+pub async fn eventually<T, F, Fut>(what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(value) = attempt().await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A plain HTTP/1.1 GET against the admin endpoint: (status code, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A connected channel to a loopback server, for clients generated without a `connect` helper.
+pub async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect")
+}

@@ -1,0 +1,374 @@
+//! The foundation: lookups over real gRPC against the simulator, answers with their provenance,
+//! separate positive and negative stores, coalescing, ID validation and core failures.
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use merchant_edge::pb::{
+    BatchLookupRequest, LookupRequest, MerchantStatus, SetFaultsRequest, Source,
+};
+use merchant_edge::sim::dataset::synthetic_merchant;
+use tonic::Code;
+
+fn source(response: &merchant_edge::pb::LookupResponse) -> Source {
+    Source::try_from(response.provenance.unwrap().source).unwrap()
+}
+
+#[tokio::test]
+async fn miss_fills_from_the_core_then_hits() {
+    let core = Core::start(1000).await;
+    let edge = start_edge(edge_config(&core.url())).await;
+    let mut client = client(&edge).await;
+
+    let first = lookup(&mut client, KNOWN).await.unwrap();
+    assert!(first.found);
+    assert_eq!(first.merchant.as_ref().unwrap(), &synthetic_merchant(42));
+    assert_eq!(source(&first), Source::Upstream);
+    assert_eq!(first.provenance.unwrap().age_ms, 0);
+
+    let second = lookup(&mut client, KNOWN).await.unwrap();
+    assert_eq!(second.merchant, first.merchant);
+    assert_eq!(source(&second), Source::Cache);
+    assert_eq!(
+        core.stats().await.get_merchant_calls,
+        1,
+        "the hit did not reach the core"
+    );
+}
+
+#[tokio::test]
+async fn unknown_ids_are_answered_not_found_then_from_the_negative_store() {
+    let core = Core::start(1000).await;
+    let edge = start_edge(edge_config(&core.url())).await;
+    let mut client = client(&edge).await;
+
+    let first = lookup(&mut client, UNKNOWN).await.unwrap();
+    assert!(!first.found && first.merchant.is_none());
+    assert_eq!(source(&first), Source::Upstream);
+    let second = lookup(&mut client, UNKNOWN).await.unwrap();
+    assert!(!second.found);
+    assert_eq!(source(&second), Source::NegativeCache);
+    assert_eq!(core.stats().await.get_merchant_calls, 1);
+}
+
+#[tokio::test]
+async fn the_negative_ttl_is_shorter_and_separate() {
+    let core = Core::start(1000).await;
+    let mut config = edge_config(&core.url());
+    config.cache.negative_ttl = Duration::from_secs(5);
+    config.cache.positive_ttl = Duration::from_secs(60);
+    let edge = start_edge(config).await;
+    let mut client = client(&edge).await;
+    lookup(&mut client, UNKNOWN).await.unwrap();
+    lookup(&mut client, KNOWN).await.unwrap();
+
+    advance_clock(Duration::from_secs(6)).await;
+    let unknown = lookup(&mut client, UNKNOWN).await.unwrap();
+    assert_eq!(
+        source(&unknown),
+        Source::Upstream,
+        "the not-found expired after negative_ttl"
+    );
+    let known = lookup(&mut client, KNOWN).await.unwrap();
+    assert_eq!(
+        source(&known),
+        Source::Cache,
+        "the merchant is still within positive_ttl"
+    );
+    assert!(
+        known.provenance.unwrap().age_ms >= 6000,
+        "age counts from when it was learned"
+    );
+
+    advance_clock(Duration::from_secs(60)).await;
+    assert_eq!(
+        source(&lookup(&mut client, KNOWN).await.unwrap()),
+        Source::Upstream
+    );
+    assert_eq!(core.stats().await.get_merchant_calls, 4);
+}
+
+#[tokio::test]
+async fn merchants_that_are_not_active_are_found_with_their_status() {
+    let core = Core::start(1000).await;
+    let edge = start_edge(edge_config(&core.url())).await;
+    let mut client = client(&edge).await;
+    for (id, status) in [
+        ("898000000000097", MerchantStatus::PendingReview),
+        ("898000000000098", MerchantStatus::Suspended),
+        ("898000000000099", MerchantStatus::Closed),
+        ("898000000000100", MerchantStatus::Active),
+    ] {
+        let response = lookup(&mut client, id).await.unwrap();
+        assert!(response.found, "{id} exists, whatever its status");
+        assert_eq!(response.merchant.unwrap().status, status as i32, "{id}");
+    }
+}
+
+#[tokio::test]
+async fn batch_lookup_answers_each_id_in_request_order() {
+    let core = Core::start(1000).await;
+    let mut config = edge_config(&core.url());
+    config.server.max_batch_size = 6.try_into().unwrap();
+    let edge = start_edge(config).await;
+    let mut client = client(&edge).await;
+    lookup(&mut client, "898000000000007").await.unwrap();
+
+    let spelled_full_width = format!(" {}", full_width(KNOWN));
+    let ids = [
+        "898000000000007",
+        UNKNOWN,
+        "12345",
+        "898000000000097",
+        &spelled_full_width,
+        "898000000000007",
+    ];
+    let request = BatchLookupRequest {
+        merchant_ids: ids.iter().map(|s| s.to_string()).collect(),
+    };
+    let results = client
+        .batch_lookup(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), ids.len());
+    for (result, id) in results.iter().zip(ids) {
+        assert_eq!(result.requested_merchant_id, id);
+    }
+    let sources: Vec<i32> = results
+        .iter()
+        .map(|r| r.provenance.map_or(0, |p| p.source))
+        .collect();
+    assert_eq!(
+        sources,
+        [
+            Source::Cache,
+            Source::Upstream,
+            Source::Unspecified,
+            Source::Upstream,
+            Source::Upstream,
+            Source::Cache
+        ]
+        .map(|s| s as i32)
+    );
+    assert!(
+        results[0].found && results[0].merchant.as_ref().unwrap().merchant_id == "898000000000007"
+    );
+    assert!(!results[1].found && results[1].error.is_none());
+    let error = results[2]
+        .error
+        .as_ref()
+        .expect("the malformed ID has its own error");
+    assert_eq!(error.code, Code::InvalidArgument as i32);
+    assert!(error.message.contains("rule `length`"), "{}", error.message);
+    assert_eq!(
+        results[3].merchant.as_ref().unwrap().status,
+        MerchantStatus::PendingReview as i32
+    );
+    assert_eq!(
+        results[4].merchant.as_ref().unwrap().merchant_id,
+        KNOWN,
+        "normalised in a batch too"
+    );
+
+    let too_many = BatchLookupRequest {
+        merchant_ids: vec![KNOWN.to_string(); 7],
+    };
+    let status = client.batch_lookup(too_many).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("at most 6"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn concurrent_misses_for_one_id_make_one_core_call() {
+    let core = Core::start(1000).await;
+    let edge = start_edge(edge_config(&core.url())).await;
+    let client = client(&edge).await;
+    // Hold the core's answer until all 64 lookups are waiting for it.
+    core.set_faults(SetFaultsRequest {
+        hang: true,
+        ..Default::default()
+    })
+    .await;
+    let lookups: Vec<_> = (0..64)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move { lookup(&mut client, UNKNOWN).await })
+        })
+        .collect();
+    wait_until("63 lookups wait for the first one's core call", || async {
+        edge.metrics.coalesced_waits.get() == 63
+    })
+    .await;
+    assert_eq!(core.stats().await.get_merchant_calls, 1);
+    core.set_faults(SetFaultsRequest::default()).await;
+    for handle in lookups {
+        let response = handle.await.unwrap().unwrap();
+        assert!(!response.found);
+        assert_eq!(source(&response), Source::Upstream);
+    }
+    assert_eq!(core.stats().await.get_merchant_calls, 1);
+}
+
+#[tokio::test]
+async fn malformed_ids_are_refused_with_the_rule_and_never_reach_the_core() {
+    let core = Core::start(1000).await;
+    let edge = start_edge(edge_config(&core.url())).await;
+    let mut client = client(&edge).await;
+    let ten_kb = "8".repeat(10 * 1024);
+    for (id, rule) in [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("89800000000004", "rule `length`"),
+        ("8980000000000420", "rule `length`"),
+        ("89800000000O042", "rule `charset`"),
+        ("898-000-000-042", "rule `charset`"),
+        (ten_kb.as_str(), "rule `length`"),
+    ] {
+        let status = lookup(&mut client, id).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{id:.20}");
+        assert!(
+            status.message().contains(rule),
+            "{id:.20}: {}",
+            status.message()
+        );
+        assert!(
+            status.message().len() < 200,
+            "the message does not echo the input"
+        );
+    }
+    // Larger than server.max_request_bytes: refused by the message-size limit before decoding.
+    let huge = "8".repeat(100 * 1024);
+    let status = lookup(&mut client, &huge).await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(
+        status.message().contains("too large"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(core.stats().await.get_merchant_calls, 0);
+}
+
+#[tokio::test]
+async fn ids_are_normalised_before_lookup() {
+    let core = Core::start(1000).await;
+    let edge = start_edge(edge_config(&core.url())).await;
+    let mut client = client(&edge).await;
+    for id in [
+        " 898000000000042",
+        "898000000000042\t\n",
+        &full_width(KNOWN),
+        "\u{3000}898000000000042",
+    ] {
+        let response = lookup(&mut client, id).await.unwrap();
+        assert_eq!(response.merchant.unwrap().merchant_id, KNOWN, "{id:?}");
+    }
+    assert_eq!(
+        core.stats().await.get_merchant_calls,
+        1,
+        "all spellings share one cache entry"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_core_is_unavailable_never_not_found_and_nothing_is_cached() {
+    let core = Core::start(1000).await;
+    let edge = start_edge(edge_config(&core.url())).await;
+    let mut client = client(&edge).await;
+    core.set_faults(SetFaultsRequest {
+        error_rate: 1.0,
+        ..Default::default()
+    })
+    .await;
+    for id in [KNOWN, UNKNOWN, UNKNOWN] {
+        let status = lookup(&mut client, id).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{id}");
+        assert!(
+            status.message().contains("bank core"),
+            "{}",
+            status.message()
+        );
+    }
+    core.set_faults(SetFaultsRequest::default()).await;
+    let known = lookup(&mut client, KNOWN).await.unwrap();
+    let unknown = lookup(&mut client, UNKNOWN).await.unwrap();
+    assert!(known.found && !unknown.found);
+    assert_eq!(
+        (source(&known), source(&unknown)),
+        (Source::Upstream, Source::Upstream),
+        "failures were not cached"
+    );
+}
+
+#[tokio::test]
+async fn a_core_that_is_down_gives_unavailable_and_is_used_again_when_back() {
+    let mut core = Core::start(1000).await;
+    let addr = core.addr;
+    let mut config = edge_config(&core.url());
+    config.upstream.timeout = Duration::from_secs(1);
+    let edge = start_edge(config).await;
+    let mut client = client(&edge).await;
+    core.stop().await;
+
+    let status = lookup(&mut client, KNOWN).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    let status = lookup(&mut client, UNKNOWN).await.unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::Unavailable,
+        "a dead core is not 'not found'"
+    );
+
+    let _core = Core::start_with(
+        merchant_edge::sim::Simulator::new(1000, 100),
+        tokio::net::TcpListener::bind(addr).await.unwrap(),
+    )
+    .await;
+    let unknown = eventually("the edge reconnects to the restarted core", || {
+        let mut client = client.clone();
+        async move { lookup(&mut client, UNKNOWN).await.ok() }
+    })
+    .await;
+    assert!(!unknown.found);
+    assert_eq!(source(&unknown), Source::Upstream);
+    assert!(lookup(&mut client, KNOWN).await.unwrap().found);
+}
+
+#[tokio::test]
+async fn the_embedded_default_serves_on_its_own() {
+    let mut config = merchant_edge::config::Config::default();
+    config.upstream.embedded_merchants = 1000;
+    let edge = start_edge(config).await;
+    let mut client = client(&edge).await;
+    assert!(lookup(&mut client, KNOWN).await.unwrap().found);
+    assert!(
+        !lookup(&mut client, "898000000001000").await.unwrap().found,
+        "index 1000 is beyond 1000 merchants"
+    );
+    let (status, body) = http_get(edge.admin_addr, "/readyz").await;
+    assert_eq!((status, body.trim()), (200, "ready"));
+    let (_, metrics) = http_get(edge.admin_addr, "/metrics").await;
+    assert!(
+        metrics.contains(r#"merchant_edge_lookups_total{source="upstream",result="found"} 1"#),
+        "{metrics}"
+    );
+    edge.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_request_field_is_a_plain_string() {
+    // Guards the wire contract that ghz configs and terminals rely on.
+    let request = LookupRequest {
+        merchant_id: KNOWN.into(),
+    };
+    assert_eq!(
+        prost::Message::encode_to_vec(&request),
+        [&[0x0a, 15][..], KNOWN.as_bytes()].concat()
+    );
+}
