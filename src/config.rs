@@ -19,6 +19,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub cache: CacheConfig,
     pub merchant_id: IdRule,
+    pub feed: FeedConfig,
     pub log: LogConfig,
 }
 
@@ -167,6 +168,44 @@ impl Default for CacheConfig {
     }
 }
 
+/// Following the core's change notices.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeedConfig {
+    /// Load every merchant from the core's snapshot before reporting ready, so a restarted edge does not
+    /// send its whole traffic to the core as misses.
+    pub warm_start: bool,
+    /// While the change stream is down, resyncing or stalled, a "not found" is trusted for at most this
+    /// long (it may be stale: the merchant could have been onboarded meanwhile). `0s` disables negative
+    /// answers from memory while the feed is down.
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl_when_down: Duration,
+    /// First wait before reconnecting a failed stream; doubles (with jitter) up to the maximum.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max_backoff: Duration,
+    /// If reads show the core ahead of the applied notices for this long while the stream is open, the
+    /// stream is presumed stuck and reopened.
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
+    /// Merchants per ListMerchants page when loading a snapshot.
+    pub snapshot_page_size: NonZeroU32,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        Self {
+            warm_start: true,
+            negative_ttl_when_down: Duration::from_secs(1),
+            reconnect_initial_backoff: Duration::from_millis(100),
+            reconnect_max_backoff: Duration::from_secs(5),
+            stall_timeout: Duration::from_secs(10),
+            snapshot_page_size: NonZeroU32::new(5000).expect("non-zero"),
+        }
+    }
+}
+
 /// Logging.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -292,6 +331,32 @@ impl Config {
             if value.is_zero() {
                 problems.push((key, "must be longer than 0s".to_owned()));
             }
+        }
+        for (key, value) in [
+            (
+                "feed.reconnect_initial_backoff",
+                self.feed.reconnect_initial_backoff,
+            ),
+            ("feed.stall_timeout", self.feed.stall_timeout),
+        ] {
+            if value.is_zero() {
+                problems.push((key, "must be longer than 0s".to_owned()));
+            }
+        }
+        if self.feed.reconnect_max_backoff < self.feed.reconnect_initial_backoff {
+            problems.push((
+                "feed.reconnect_max_backoff",
+                "must not be shorter than feed.reconnect_initial_backoff".to_owned(),
+            ));
+        }
+        if self.feed.negative_ttl_when_down > self.cache.negative_ttl {
+            problems.push((
+                "feed.negative_ttl_when_down",
+                format!(
+                    "must not exceed cache.negative_ttl ({:?})",
+                    self.cache.negative_ttl
+                ),
+            ));
         }
         if self.upstream.endpoint == UpstreamEndpoint::Embedded
             && self.upstream.embedded_merchants > MAX_EMBEDDED

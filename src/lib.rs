@@ -8,6 +8,7 @@
 //! - [`fill`]: in-flight core calls: singleflight and the fence against stale installs.
 //! - [`upstream`]: the client for the bank core's `MerchantCore` contract.
 //! - [`resolver`]: the lookup path tying the above together.
+//! - [`feed`]: follows the core's change notices (fence, gaps, resyncs, warm start).
 //! - [`service`]: the terminal-facing `MerchantLookup` gRPC service; [`status`] maps errors to gRPC codes.
 //! - [`readiness`], [`admin`], [`metrics`], [`telemetry`]: what operators see.
 //! - [`server`]: assembles a running edge from a config and bound listeners.
@@ -18,6 +19,7 @@ pub mod admin;
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod feed;
 pub mod fill;
 pub mod merchant_id;
 pub mod metrics;

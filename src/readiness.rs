@@ -6,6 +6,9 @@ use tonic_health::ServingStatus;
 use crate::pb::merchant_lookup_server::MerchantLookupServer;
 use crate::service::LookupService;
 
+/// The gRPC health-check name under which the change feed's state is reported.
+pub const FEED_HEALTH_SERVICE: &str = "merchant.v1.ChangeFeed";
+
 #[derive(Clone)]
 pub struct Readiness {
     ready: watch::Sender<bool>,
@@ -23,6 +26,19 @@ impl Readiness {
 
     pub fn is_ready(&self) -> bool {
         *self.ready.borrow()
+    }
+
+    /// Reports the change feed as its own health-check service, so probes can tell "serving, but the
+    /// feed is down" from "not serving".
+    pub async fn set_feed(&self, connected: bool) {
+        let status = if connected {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.health
+            .set_service_status(FEED_HEALTH_SERVICE, status)
+            .await;
     }
 
     pub async fn set(&self, ready: bool) {

@@ -11,6 +11,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::{self, AdminState};
 use crate::config::{Config, UpstreamEndpoint};
+use crate::feed::{FeedStatus, Follower};
 use crate::metrics::Metrics;
 use crate::pb::merchant_lookup_server::MerchantLookupServer;
 use crate::readiness::Readiness;
@@ -119,15 +120,34 @@ impl Edge {
         .map_err(ServeError::Upstream)?;
 
         let metrics = Arc::new(Metrics::default());
+        let feed = Arc::new(FeedStatus::new(config.feed.negative_ttl_when_down));
         let resolver = Arc::new(Resolver::new(
             config.merchant_id.clone(),
             &config.cache,
-            core,
+            core.clone(),
+            feed.clone(),
             metrics.clone(),
         ));
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let readiness = Readiness::new(health_reporter);
         readiness.set(false).await;
+        readiness.set_feed(false).await;
+        let follower = Follower::new(
+            core.grpc(),
+            resolver.clone(),
+            feed.clone(),
+            metrics.clone(),
+            readiness.clone(),
+            config.feed.clone(),
+        );
+        let follower_stop = stopped();
+        tasks.spawn(async move {
+            tokio::select! {
+                () = follower.run() => {}
+                () = follower_stop => {}
+            }
+            Ok(())
+        });
 
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -160,6 +180,7 @@ impl Edge {
             metrics: metrics.clone(),
             resolver: resolver.clone(),
             readiness: readiness.clone(),
+            feed: feed.clone(),
         });
         let admin_stop = stopped();
         tasks.spawn(async move {
@@ -169,13 +190,17 @@ impl Edge {
                 .map_err(ServeError::Admin)
         });
 
-        readiness.set(true).await;
+        if !config.feed.warm_start {
+            readiness.set(true).await;
+        }
         tracing::info!(%grpc_addr, %admin_addr, upstream = %config.upstream.endpoint, %core_endpoint, "merchant-edge serving");
         Ok(RunningEdge {
             grpc_addr,
             admin_addr,
             core_endpoint,
             metrics,
+            feed,
+            readiness,
             stop: stop_tx,
             tasks,
         })
@@ -189,6 +214,8 @@ pub struct RunningEdge {
     /// The core's URL (for the embedded simulator, where it listens on loopback).
     pub core_endpoint: String,
     pub metrics: Arc<Metrics>,
+    pub feed: Arc<FeedStatus>,
+    pub readiness: Readiness,
     stop: watch::Sender<bool>,
     tasks: JoinSet<Result<(), ServeError>>,
 }

@@ -68,6 +68,7 @@ impl Stores {
                 .name("positive")
                 .max_capacity(config.positive_capacity.get())
                 .time_to_live(config.positive_ttl)
+                .support_invalidation_closures()
                 .build(),
             negative: Cache::builder()
                 .name("negative")
@@ -110,20 +111,43 @@ impl Stores {
         self.negative.invalidate(id);
     }
 
+    /// The core sequence of whatever is stored for `id`, fresh or not: a change notice older than it
+    /// must not overwrite it.
+    pub fn stored_as_of(&self, id: &str) -> Option<u64> {
+        let positive = self.positive.get(id).map(|entry| entry.as_of_sequence);
+        let negative = self.negative.get(id).map(|entry| entry.as_of_sequence);
+        positive.max(negative)
+    }
+
+    pub fn holds_positive(&self, id: &str) -> bool {
+        self.positive.contains_key(id)
+    }
+
     /// Forgets every "not found" (after the feed lost track of changes, none of them can be trusted).
     pub fn clear_negative(&self) {
         self.negative.invalidate_all();
     }
 
-    /// Entry counts (positive, negative). moka's counts are estimates until pending maintenance has run.
-    pub fn entry_counts(&self) -> (u64, u64) {
-        (self.positive.entry_count(), self.negative.entry_count())
+    /// Forgets everything (the core's history was replaced: sequences are no longer comparable).
+    pub fn clear_all(&self) {
+        self.positive.invalidate_all();
+        self.negative.invalidate_all();
     }
 
-    #[cfg(test)]
-    fn settle(&self) {
+    /// Forgets merchants stored before `sequence` that a snapshot taken at `sequence` did not refresh:
+    /// they were deleted while the feed was out of step.
+    pub fn drop_positives_older_than(&self, sequence: u64) {
+        self.positive
+            .invalidate_entries_if(move |_, entry| entry.as_of_sequence < sequence)
+            .expect("invalidation closures are enabled on the positive store");
+    }
+
+    /// Entry counts (positive, negative), after running moka's pending maintenance (until it has run,
+    /// moka's counts are estimates).
+    pub fn entry_counts(&self) -> (u64, u64) {
         self.positive.run_pending_tasks();
         self.negative.run_pending_tasks();
+        (self.positive.entry_count(), self.negative.entry_count())
     }
 }
 
@@ -205,7 +229,6 @@ mod tests {
                 not_found(Duration::from_secs(5)),
             );
         }
-        stores.settle();
         let (positive, negative) = stores.entry_counts();
         assert_eq!(positive, 100);
         assert!(negative <= 50, "negative store is bounded: {negative}");

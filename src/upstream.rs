@@ -7,6 +7,9 @@ use tonic::transport::{Channel, Endpoint};
 use crate::pb::merchant_core_client::MerchantCoreClient;
 use crate::pb::{GetMerchantRequest, Merchant};
 
+/// Initial-metadata key of WatchChanges responses naming the core's history incarnation.
+pub const INCARNATION_HEADER: &str = "x-core-incarnation";
+
 /// Why the core gave no answer. Cloneable because one failure is shared by every coalesced caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UpstreamError {

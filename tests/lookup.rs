@@ -346,18 +346,36 @@ async fn the_embedded_default_serves_on_its_own() {
     config.upstream.embedded_merchants = 1000;
     let edge = start_edge(config).await;
     let mut client = client(&edge).await;
-    assert!(lookup(&mut client, KNOWN).await.unwrap().found);
+    wait_until(
+        "the embedded default is warm and following changes",
+        || async { edge.readiness.is_ready() && edge.feed.is_connected() },
+    )
+    .await;
+    let (status, body) = http_get(edge.admin_addr, "/readyz").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.starts_with("ready\nfeed: connected, applied sequence 0"),
+        "{body}"
+    );
+    let known = lookup(&mut client, KNOWN).await.unwrap();
+    assert_eq!(
+        source(&known),
+        Source::Cache,
+        "warm start loaded the snapshot: no miss"
+    );
     assert!(
         !lookup(&mut client, "898000000001000").await.unwrap().found,
         "index 1000 is beyond 1000 merchants"
     );
-    let (status, body) = http_get(edge.admin_addr, "/readyz").await;
-    assert_eq!((status, body.trim()), (200, "ready"));
     let (_, metrics) = http_get(edge.admin_addr, "/metrics").await;
-    assert!(
-        metrics.contains(r#"merchant_edge_lookups_total{source="upstream",result="found"} 1"#),
-        "{metrics}"
-    );
+    for line in [
+        r#"merchant_edge_lookups_total{source="cache",result="found"} 1"#,
+        r#"merchant_edge_lookups_total{source="upstream",result="not_found"} 1"#,
+        r#"merchant_edge_cache_entries{store="positive"} 1000"#,
+        "merchant_edge_feed_connected 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
     edge.shutdown().await.unwrap();
 }
 

@@ -15,6 +15,7 @@ use crate::pb::{
     GetStatsRequest, GetStatsResponse, ListMerchantsRequest, ListMerchantsResponse,
     SetFaultsRequest, SetFaultsResponse, UpsertMerchantRequest, WatchChangesRequest,
 };
+use crate::upstream::INCARNATION_HEADER;
 
 const DEFAULT_PAGE_SIZE: usize = 1_000;
 const MAX_PAGE_SIZE: usize = 10_000;
@@ -172,7 +173,13 @@ impl MerchantCore for CoreService {
                 .watch_streams_open
                 .fetch_sub(1, Ordering::Relaxed);
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let mut response = Response::new(ReceiverStream::new(rx));
+        if let Ok(incarnation) = self.0.ledger.incarnation().parse() {
+            response
+                .metadata_mut()
+                .insert(INCARNATION_HEADER, incarnation);
+        }
+        Ok(response)
     }
 }
 
@@ -226,8 +233,15 @@ async fn stream_changes(
                 ))
                 .await;
             }
-            if tx.send(Ok(notice)).await.is_err() {
-                return;
+            let copies = if current.settings.duplicate_notices {
+                2
+            } else {
+                1
+            };
+            for _ in 0..copies {
+                if tx.send(Ok(notice.clone())).await.is_err() {
+                    return;
+                }
             }
         }
         if faults.borrow().settings.drop_streams {

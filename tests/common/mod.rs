@@ -99,10 +99,14 @@ impl Core {
     }
 }
 
-/// An edge configuration pointing at `core_url`, on loopback ports chosen by the OS.
+/// An edge configuration pointing at `core_url`, starting cold (so lookups exercise the miss path),
+/// with fast feed reconnects.
 pub fn edge_config(core_url: &str) -> Config {
     let mut config = Config::default();
     config.upstream.endpoint = UpstreamEndpoint::Url(core_url.to_owned());
+    config.feed.warm_start = false;
+    config.feed.reconnect_initial_backoff = Duration::from_millis(10);
+    config.feed.reconnect_max_backoff = Duration::from_millis(200);
     config
 }
 

@@ -1,0 +1,296 @@
+//! The change feed: follows the core's `WatchChanges` stream so that every change reaches the stores
+//! within milliseconds, and recovers from every way the stream can go wrong.
+//!
+//! - Notices are applied in sequence order; a repeat (sequence already applied) is dropped.
+//! - A gap, a stream error or end, or a stall (reads show the core ahead for `stall_timeout` while
+//!   nothing arrives) reopens the stream from the applied sequence, with backoff and jitter.
+//! - "Too old" (OUT_OF_RANGE: the core trimmed the history we need) and a restarted core (a new
+//!   incarnation, or a head behind ours) trigger a resync: every negative entry is dropped, positives
+//!   are reloaded or re-validated from a `ListMerchants` snapshot, and the stream resumes from the
+//!   snapshot's sequence.
+//! - Warm start loads the whole snapshot before the edge reports ready; cold start only learns the
+//!   core's head and incarnation.
+mod backoff;
+mod status;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+pub use self::status::{FeedStatus, Lag};
+use crate::config::FeedConfig;
+use crate::metrics::{FeedMetrics, Metrics, ResyncReason};
+use crate::pb::merchant_core_client::MerchantCoreClient;
+use crate::pb::{ChangeNotice, ListMerchantsRequest, WatchChangesRequest};
+use crate::readiness::Readiness;
+use crate::resolver::Resolver;
+use crate::upstream::{describe_status, INCARNATION_HEADER};
+use backoff::Backoff;
+
+/// How the stores must be brought in step with the core before following the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sync {
+    /// Load every merchant, then follow.
+    WarmStart,
+    /// Learn the head and incarnation only; the stores start empty.
+    ColdStart,
+    Resync(ResyncReason),
+}
+
+/// Why a stream ended.
+enum StreamEnd {
+    Reconnect(String),
+    Resync(ResyncReason),
+}
+
+pub struct Follower {
+    core: MerchantCoreClient<Channel>,
+    resolver: Arc<Resolver>,
+    status: Arc<FeedStatus>,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+    config: FeedConfig,
+    /// The core history the stores reflect, once known.
+    incarnation: Option<String>,
+}
+
+impl Follower {
+    pub fn new(
+        core: MerchantCoreClient<Channel>,
+        resolver: Arc<Resolver>,
+        status: Arc<FeedStatus>,
+        metrics: Arc<Metrics>,
+        readiness: Readiness,
+        config: FeedConfig,
+    ) -> Self {
+        Self {
+            core,
+            resolver,
+            status,
+            metrics,
+            readiness,
+            config,
+            incarnation: None,
+        }
+    }
+
+    fn feed_metrics(&self) -> &FeedMetrics {
+        &self.metrics.feed
+    }
+
+    /// Follows the feed forever (the caller stops it by dropping the future).
+    pub async fn run(mut self) {
+        let mut backoff = Backoff::new(
+            self.config.reconnect_initial_backoff,
+            self.config.reconnect_max_backoff,
+        );
+        let mut pending = Some(if self.config.warm_start {
+            Sync::WarmStart
+        } else {
+            Sync::ColdStart
+        });
+        loop {
+            if let Some(sync) = pending.take() {
+                self.status.mark_down();
+                if let Err(status) = self.sync(sync).await {
+                    tracing::warn!(?sync, error = %describe_status(&status), "feed: sync with the core failed; retrying");
+                    pending = Some(sync);
+                    backoff.wait().await;
+                    continue;
+                }
+                if sync == Sync::WarmStart {
+                    self.readiness.set(true).await;
+                }
+            }
+            let opened = Instant::now();
+            let (end, applied_any) = self.follow_stream().await;
+            self.status.mark_down();
+            self.readiness.set_feed(false).await;
+            match end {
+                StreamEnd::Resync(reason) => {
+                    tracing::warn!(
+                        ?reason,
+                        applied = self.status.applied(),
+                        "feed: resync needed"
+                    );
+                    pending = Some(Sync::Resync(reason));
+                }
+                StreamEnd::Reconnect(why) => {
+                    tracing::warn!(%why, applied = self.status.applied(), "feed: change stream lost; resuming");
+                }
+            }
+            if applied_any || opened.elapsed() >= self.config.reconnect_max_backoff {
+                backoff.reset();
+            }
+            backoff.wait().await;
+            self.feed_metrics().reconnects.inc();
+        }
+    }
+
+    /// Brings the stores in step with the core.
+    async fn sync(&mut self, sync: Sync) -> Result<(), Status> {
+        if sync == Sync::ColdStart {
+            let first = self
+                .core
+                .list_merchants(ListMerchantsRequest {
+                    page_size: 1,
+                    page_token: String::new(),
+                })
+                .await?;
+            let first = first.into_inner();
+            self.incarnation = Some(first.incarnation);
+            self.status.restart_at(first.as_of_sequence);
+            tracing::info!(
+                sequence = first.as_of_sequence,
+                "feed: cold start; following changes"
+            );
+            return Ok(());
+        }
+        let started = Instant::now();
+        if let Sync::Resync(reason) = sync {
+            self.resolver
+                .begin_resync(reason == ResyncReason::CoreRestarted);
+        }
+        let load_all = sync == Sync::WarmStart || self.config.warm_start;
+        let mut request = ListMerchantsRequest {
+            page_size: self.config.snapshot_page_size.get(),
+            page_token: String::new(),
+        };
+        let mut snapshot: Option<(u64, String)> = None;
+        let mut merchants = 0usize;
+        loop {
+            let page = self
+                .core
+                .list_merchants(request.clone())
+                .await?
+                .into_inner();
+            let (sequence, incarnation) =
+                snapshot.get_or_insert_with(|| (page.as_of_sequence, page.incarnation.clone()));
+            if *incarnation != page.incarnation {
+                return Err(Status::aborted("the core restarted during the snapshot"));
+            }
+            let sequence = *sequence;
+            merchants += page.merchants.len();
+            self.resolver
+                .install_snapshot(page.merchants, page.as_of_sequence, load_all);
+            if page.next_page_token.is_empty() {
+                self.resolver.finish_resync(sequence);
+                break;
+            }
+            request.page_token = page.next_page_token;
+        }
+        let (sequence, incarnation) = snapshot.expect("at least one page was read");
+        self.incarnation = Some(incarnation);
+        self.status.restart_at(sequence);
+        if let Sync::Resync(reason) = sync {
+            self.feed_metrics().count_resync(reason);
+        }
+        tracing::info!(?sync, merchants, sequence, elapsed = ?started.elapsed(), "feed: snapshot loaded");
+        Ok(())
+    }
+
+    /// Reads one stream until it ends; returns why, and whether it applied anything.
+    async fn follow_stream(&mut self) -> (StreamEnd, bool) {
+        let after = self.status.applied();
+        let response = match self
+            .core
+            .watch_changes(WatchChangesRequest {
+                after_sequence: after,
+            })
+            .await
+        {
+            Ok(response) => response,
+            Err(status) => return (self.stream_error(&status), false),
+        };
+        let announced = response
+            .metadata()
+            .get(INCARNATION_HEADER)
+            .and_then(|value| value.to_str().ok());
+        if let (Some(announced), Some(known)) = (announced, &self.incarnation) {
+            if announced != known {
+                return (StreamEnd::Resync(ResyncReason::CoreRestarted), false);
+            }
+        }
+        let mut stream = response.into_inner();
+        self.status.mark_connected();
+        self.readiness.set_feed(true).await;
+        tracing::info!(after, "feed: following changes");
+        let mut applied_any = false;
+        let mut stall_check = tokio::time::interval(self.config.stall_timeout / 4);
+        loop {
+            tokio::select! {
+                message = stream.message() => {
+                    let end = match message {
+                        Ok(Some(notice)) => match self.apply(&notice) {
+                            Ok(applied) => {
+                                applied_any |= applied;
+                                continue;
+                            }
+                            Err(end) => end,
+                        },
+                        Ok(None) => StreamEnd::Reconnect("the core closed the stream".into()),
+                        Err(status) => self.stream_error(&status),
+                    };
+                    return (end, applied_any);
+                }
+                _ = stall_check.tick() => {
+                    if self.status.behind_for(self.config.stall_timeout, Instant::now()) {
+                        let lag = self.status.lag(Instant::now());
+                        return (StreamEnd::Reconnect(format!("stalled: {} notices behind for {:?}", lag.notices, lag.duration)), applied_any);
+                    }
+                }
+            }
+        }
+    }
+
+    fn stream_error(&self, status: &Status) -> StreamEnd {
+        if status.code() == Code::OutOfRange {
+            StreamEnd::Resync(ResyncReason::TooOld)
+        } else {
+            StreamEnd::Reconnect(describe_status(status))
+        }
+    }
+
+    /// Applies one notice if it is the next in sequence; returns whether it was applied (false for a
+    /// repeat), or why the stream must end.
+    fn apply(&self, notice: &ChangeNotice) -> Result<bool, StreamEnd> {
+        if self
+            .incarnation
+            .as_ref()
+            .is_some_and(|known| !notice.incarnation.is_empty() && *known != notice.incarnation)
+        {
+            return Err(StreamEnd::Resync(ResyncReason::CoreRestarted));
+        }
+        let applied = self.status.applied();
+        if notice.sequence <= applied {
+            self.feed_metrics().notices_duplicate.inc();
+            return Ok(false);
+        }
+        if notice.sequence != applied + 1 {
+            self.feed_metrics().gaps.inc();
+            return Err(StreamEnd::Reconnect(format!(
+                "gap: expected sequence {}, got {}",
+                applied + 1,
+                notice.sequence
+            )));
+        }
+        self.resolver.apply_change(notice);
+        self.status.set_applied(notice.sequence);
+        self.feed_metrics().notices_applied.inc();
+        if let Some(committed) = notice
+            .committed_at
+            .and_then(|at| SystemTime::try_from(at).ok())
+        {
+            let delay = SystemTime::now()
+                .duration_since(committed)
+                .unwrap_or(Duration::ZERO);
+            self.feed_metrics()
+                .commit_to_apply
+                .observe(delay.as_secs_f64());
+        }
+        Ok(true)
+    }
+}
