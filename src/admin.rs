@@ -36,18 +36,11 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     let (code, verdict) = if state.readiness.is_ready() {
         (StatusCode::OK, "ready")
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: loading the core snapshot",
-        )
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: loading the core snapshot")
     };
     let feed = &state.feed;
     let lag = feed.lag(Instant::now());
-    let link = if feed.is_connected() {
-        "connected"
-    } else {
-        "DOWN"
-    };
+    let link = if feed.is_connected() { "connected" } else { "DOWN" };
     let body = format!(
         "{verdict}\nfeed: {link}, applied sequence {}, core head {}, lag {} notices / {:.1}s\n",
         feed.applied(),
@@ -62,11 +55,5 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     let (positive, negative) = state.resolver.stores().entry_counts();
     state.metrics.set_cache_entries(positive, negative);
     state.metrics.feed.refresh(&state.feed);
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
 }

@@ -16,8 +16,7 @@ pub fn server_url(server: &str) -> String {
 
 pub async fn connect(server: &str) -> Result<MerchantLookupClient<Channel>, String> {
     let url = server_url(server);
-    let endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|e| format!("invalid server address {server}: {e}"))?;
+    let endpoint = Endpoint::from_shared(url.clone()).map_err(|e| format!("invalid server address {server}: {e}"))?;
     let channel = endpoint
         .connect_timeout(std::time::Duration::from_secs(3))
         .connect()
@@ -31,12 +30,7 @@ pub async fn lookup_and_print(server: &str, ids: &[String]) -> Result<usize, Str
     let mut client = connect(server).await?;
     let mut failures = 0;
     for id in ids {
-        let outcome = client
-            .lookup(LookupRequest {
-                merchant_id: id.clone(),
-            })
-            .await
-            .map(|r| r.into_inner());
+        let outcome = client.lookup(LookupRequest { merchant_id: id.clone() }).await.map(|r| r.into_inner());
         failures += usize::from(outcome.is_err());
         println!("{}", render(id, &outcome));
     }
@@ -46,13 +40,7 @@ pub async fn lookup_and_print(server: &str, ids: &[String]) -> Result<usize, Str
 /// One line for one answer, readable by a person at a terminal.
 pub fn render(requested: &str, outcome: &Result<LookupResponse, Status>) -> String {
     let response = match outcome {
-        Err(status) => {
-            return format!(
-                "{requested}  error {:?}: {}",
-                status.code(),
-                status.message()
-            )
-        }
+        Err(status) => return format!("{requested}  error {:?}: {}", status.code(), status.message()),
         Ok(response) => response,
     };
     let provenance = response.provenance.unwrap_or_default();
@@ -63,10 +51,7 @@ pub fn render(requested: &str, outcome: &Result<LookupResponse, Status>) -> Stri
         Source::Stale => "STALE (core unreachable)",
         Source::Unspecified => "unknown source",
     };
-    let from = format!(
-        "[{source}, age {}ms, as of sequence {}]",
-        provenance.age_ms, provenance.as_of_sequence
-    );
+    let from = format!("[{source}, age {}ms, as of sequence {}]", provenance.age_ms, provenance.as_of_sequence);
     match &response.merchant {
         Some(m) if response.found => {
             let status = MerchantStatus::try_from(m.status).unwrap_or(MerchantStatus::Unspecified);
@@ -98,25 +83,14 @@ mod tests {
                 version: 1,
                 updated_at: None,
             }),
-            provenance: Some(Provenance {
-                source: Source::Cache as i32,
-                age_ms: 12,
-                as_of_sequence: 3,
-            }),
+            provenance: Some(Provenance { source: Source::Cache as i32, age_ms: 12, as_of_sequence: 3 }),
         };
         let line = render("898000000000097", &Ok(found));
-        assert!(
-            line.contains("PENDING_REVIEW") && line.contains("[cache, age 12ms, as of sequence 3]"),
-            "{line}"
-        );
+        assert!(line.contains("PENDING_REVIEW") && line.contains("[cache, age 12ms, as of sequence 3]"), "{line}");
         let missing = LookupResponse {
             found: false,
             merchant: None,
-            provenance: Some(Provenance {
-                source: Source::NegativeCache as i32,
-                age_ms: 0,
-                as_of_sequence: 0,
-            }),
+            provenance: Some(Provenance { source: Source::NegativeCache as i32, age_ms: 0, as_of_sequence: 0 }),
         };
         assert!(render("898999999999999", &Ok(missing)).contains("NOT FOUND"));
         let error = render("x", &Err(Status::invalid_argument("rule `length`")));

@@ -25,48 +25,25 @@ pub async fn serve(config: Config) -> Result<(), String> {
     crate::telemetry::init_logging(&config.log);
     let upstream = match &config.upstream.endpoint {
         UpstreamEndpoint::Embedded => {
-            format!(
-                "embedded bank-core simulator ({} merchants)",
-                config.upstream.embedded_merchants
-            )
+            format!("embedded bank-core simulator ({} merchants)", config.upstream.embedded_merchants)
         }
         UpstreamEndpoint::Url(url) => format!("bank core at {url}"),
     };
-    let edge = Edge::bind(config)
-        .await
-        .map_err(|e| e.to_string())?
-        .start()
-        .await
-        .map_err(|e| e.to_string())?;
-    println!(
-        "merchant-edge listening for gRPC on {} (admin http://{})",
-        edge.grpc_addr, edge.admin_addr
-    );
+    let edge = Edge::bind(config).await.map_err(|e| e.to_string())?.start().await.map_err(|e| e.to_string())?;
+    println!("merchant-edge listening for gRPC on {} (admin http://{})", edge.grpc_addr, edge.admin_addr);
     println!("  upstream: {upstream}");
-    println!(
-        "  try:      merchant-edge lookup {EXAMPLE_ID} --server {}",
-        edge.grpc_addr
-    );
-    println!(
-        "        or: cargo run --release -- lookup {EXAMPLE_ID} 898000000000097 898999999999999"
-    );
-    edge.run_until(termination())
-        .await
-        .map_err(|e| e.to_string())
+    println!("  try:      merchant-edge lookup {EXAMPLE_ID} --server {}", edge.grpc_addr);
+    println!("        or: cargo run --release -- lookup {EXAMPLE_ID} 898000000000097 898999999999999");
+    edge.run_until(termination()).await.map_err(|e| e.to_string())
 }
 
 /// `merchant-edge core-sim`: a standalone bank-core simulator.
 pub async fn core_sim(listen: SocketAddr, merchants: u64, history: usize) -> Result<(), String> {
     crate::telemetry::init_logging(&Default::default());
     if merchants > crate::config::MAX_EMBEDDED {
-        return Err(format!(
-            "--merchants must be at most {}",
-            crate::config::MAX_EMBEDDED
-        ));
+        return Err(format!("--merchants must be at most {}", crate::config::MAX_EMBEDDED));
     }
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let listener = TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let simulator = Simulator::new(merchants, history);
     println!(
         "core-sim listening on {} with {merchants} merchants ({} .. {}), keeping {history} changes",
@@ -74,10 +51,7 @@ pub async fn core_sim(listen: SocketAddr, merchants: u64, history: usize) -> Res
         dataset::synthetic_id(0),
         dataset::synthetic_id(merchants.saturating_sub(1)),
     );
-    simulator
-        .serve(listener, termination())
-        .await
-        .map_err(|e| e.to_string())
+    simulator.serve(listener, termination()).await.map_err(|e| e.to_string())
 }
 
 /// `merchant-edge lookup`: exit status 1 when any lookup failed.
@@ -112,9 +86,8 @@ async fn termination() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("installing a SIGTERM handler");
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
         tokio::select! {
             _ = interrupt => {}
             _ = terminate.recv() => {}

@@ -54,9 +54,7 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
-        }
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9090)) }
     }
 }
 
@@ -111,25 +109,19 @@ impl std::str::FromStr for UpstreamEndpoint {
         if text == "embedded" {
             return Ok(Self::Embedded);
         }
-        let uri: tonic::transport::Uri = text.parse().map_err(|e| {
-            format!(
-                "`{text}` is neither \"embedded\" nor a URL like \"http://10.0.0.5:50052\": {e}"
-            )
-        })?;
+        let uri: tonic::transport::Uri = text
+            .parse()
+            .map_err(|e| format!("`{text}` is neither \"embedded\" nor a URL like \"http://10.0.0.5:50052\": {e}"))?;
         match (uri.scheme_str(), uri.authority()) {
             (Some("http" | "https"), Some(_)) => Ok(Self::Url(text.to_owned())),
-            _ => Err(format!(
-                "`{text}` must be \"embedded\" or an http:// or https:// URL with a host and port"
-            )),
+            _ => Err(format!("`{text}` must be \"embedded\" or an http:// or https:// URL with a host and port")),
         }
     }
 }
 
 impl<'de> Deserialize<'de> for UpstreamEndpoint {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer)?
-            .parse()
-            .map_err(serde::de::Error::custom)
+        String::deserialize(deserializer)?.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -218,10 +210,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self {
-            level: "info".into(),
-            format: LogFormat::Text,
-        }
+        Self { level: "info".into(), format: LogFormat::Text }
     }
 }
 
@@ -236,15 +225,9 @@ pub enum LogFormat {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{}", render_problems(.origin, .problems))]
-    Invalid {
-        origin: String,
-        problems: Vec<Problem>,
-    },
+    Invalid { origin: String, problems: Vec<Problem> },
 }
 
 /// One thing wrong with a config.
@@ -277,19 +260,14 @@ fn render_problems(origin: &str, problems: &[Problem]) -> String {
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::parse(&text, &path.display().to_string())
     }
 
     /// Parses and validates config text; `origin` names it in errors (usually the file path).
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let invalid = |problems| ConfigError::Invalid {
-            origin: origin.to_owned(),
-            problems,
-        };
+        let invalid = |problems| ConfigError::Invalid { origin: origin.to_owned(), problems };
         let config: Config = toml::from_str(text).map_err(|e| {
             invalid(vec![Problem {
                 line: e.span().map(|span| line_of_offset(text, span.start)),
@@ -300,11 +278,7 @@ impl Config {
         let problems: Vec<Problem> = config
             .semantic_problems()
             .into_iter()
-            .map(|(key, message)| Problem {
-                line: line_of_key(text, key),
-                key: Some(key.to_owned()),
-                message,
-            })
+            .map(|(key, message)| Problem { line: line_of_key(text, key), key: Some(key.to_owned()), message })
             .collect();
         if problems.is_empty() {
             Ok(config)
@@ -317,10 +291,7 @@ impl Config {
     fn semantic_problems(&self) -> Vec<(&'static str, String)> {
         let mut problems = Vec::new();
         if self.server.listen == self.admin.listen {
-            problems.push((
-                "admin.listen",
-                format!("must differ from server.listen ({})", self.server.listen),
-            ));
+            problems.push(("admin.listen", format!("must differ from server.listen ({})", self.server.listen)));
         }
         for (key, value) in [
             ("upstream.timeout", self.upstream.timeout),
@@ -333,10 +304,7 @@ impl Config {
             }
         }
         for (key, value) in [
-            (
-                "feed.reconnect_initial_backoff",
-                self.feed.reconnect_initial_backoff,
-            ),
+            ("feed.reconnect_initial_backoff", self.feed.reconnect_initial_backoff),
             ("feed.stall_timeout", self.feed.stall_timeout),
         ] {
             if value.is_zero() {
@@ -352,28 +320,17 @@ impl Config {
         if self.feed.negative_ttl_when_down > self.cache.negative_ttl {
             problems.push((
                 "feed.negative_ttl_when_down",
-                format!(
-                    "must not exceed cache.negative_ttl ({:?})",
-                    self.cache.negative_ttl
-                ),
+                format!("must not exceed cache.negative_ttl ({:?})", self.cache.negative_ttl),
             ));
         }
-        if self.upstream.endpoint == UpstreamEndpoint::Embedded
-            && self.upstream.embedded_merchants > MAX_EMBEDDED
-        {
-            problems.push((
-                "upstream.embedded_merchants",
-                format!("must be at most {MAX_EMBEDDED}"),
-            ));
+        if self.upstream.endpoint == UpstreamEndpoint::Embedded && self.upstream.embedded_merchants > MAX_EMBEDDED {
+            problems.push(("upstream.embedded_merchants", format!("must be at most {MAX_EMBEDDED}")));
         }
         if let Err(message) = self.merchant_id.validate() {
             problems.push(("merchant_id", message));
         }
         if let Err(message) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            problems.push((
-                "log.level",
-                format!("is not a valid level or filter: {message}"),
-            ));
+            problems.push(("log.level", format!("is not a valid level or filter: {message}")));
         }
         problems
     }
@@ -424,30 +381,19 @@ mod tests {
     #[test]
     fn the_example_file_parses_to_the_defaults() {
         let example = include_str!("../config/example.toml");
-        assert_eq!(
-            Config::parse(example, "example.toml").unwrap(),
-            Config::default()
-        );
+        assert_eq!(Config::parse(example, "example.toml").unwrap(), Config::default());
     }
 
     #[test]
     fn durations_are_human_readable() {
-        let config = Config::parse(
-            "[cache]\nnegative_ttl = \"5s\"\npositive_ttl = \"10m\"\n",
-            "t",
-        )
-        .unwrap();
+        let config = Config::parse("[cache]\nnegative_ttl = \"5s\"\npositive_ttl = \"10m\"\n", "t").unwrap();
         assert_eq!(config.cache.negative_ttl, Duration::from_secs(5));
         assert_eq!(config.cache.positive_ttl, Duration::from_secs(600));
     }
 
     #[test]
     fn unknown_keys_are_errors_with_their_line() {
-        let err = Config::parse(
-            "[cache]\npositive_ttl = \"1m\"\nnegative_tll = \"5s\"\n",
-            "edge.toml",
-        )
-        .unwrap_err();
+        let err = Config::parse("[cache]\npositive_ttl = \"1m\"\nnegative_tll = \"5s\"\n", "edge.toml").unwrap_err();
         let text = err.to_string();
         assert!(text.contains("edge.toml:3"), "{text}");
         assert!(text.contains("negative_tll"), "{text}");
@@ -457,8 +403,7 @@ mod tests {
     fn bad_values_name_line_and_reason() {
         let err = Config::parse("[cache]\n\nnegative_capacity = 0\n", "edge.toml").unwrap_err();
         assert!(err.to_string().contains("edge.toml:3"), "{err}");
-        let err =
-            Config::parse("[upstream]\nendpoint = \"tcp://core\"\n", "edge.toml").unwrap_err();
+        let err = Config::parse("[upstream]\nendpoint = \"tcp://core\"\n", "edge.toml").unwrap_err();
         assert!(err.to_string().contains("edge.toml:2"), "{err}");
         assert!(err.to_string().contains("http://"), "{err}");
     }
@@ -467,19 +412,11 @@ mod tests {
     fn impossible_combinations_are_rejected_with_the_key() {
         let text = "[server]\nlisten = \"127.0.0.1:7000\"\n[admin]\nlisten = \"127.0.0.1:7000\"\n";
         let err = Config::parse(text, "edge.toml").unwrap_err().to_string();
-        assert!(
-            err.contains("edge.toml:4: admin.listen: must differ"),
-            "{err}"
-        );
-        let err =
-            Config::parse("[merchant_id]\nmin_length = 20\nmax_length = 10\n", "e").unwrap_err();
+        assert!(err.contains("edge.toml:4: admin.listen: must differ"), "{err}");
+        let err = Config::parse("[merchant_id]\nmin_length = 20\nmax_length = 10\n", "e").unwrap_err();
         assert!(err.to_string().contains("merchant_id"), "{err}");
         let err = Config::parse("[cache]\nnegative_ttl = \"0s\"\n", "e").unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("e:2: cache.negative_ttl: must be longer than 0s"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("e:2: cache.negative_ttl: must be longer than 0s"), "{err}");
     }
 
     #[test]
@@ -490,8 +427,7 @@ mod tests {
 
     #[test]
     fn effective_config_round_trips() {
-        let config =
-            Config::parse("[upstream]\nendpoint = \"http://127.0.0.1:50052\"\n", "t").unwrap();
+        let config = Config::parse("[upstream]\nendpoint = \"http://127.0.0.1:50052\"\n", "t").unwrap();
         assert_eq!(Config::parse(&config.to_toml(), "t").unwrap(), config);
     }
 }

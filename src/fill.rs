@@ -29,11 +29,7 @@ impl Fill {
     pub async fn outcome(&self) -> FillOutcome {
         let mut receiver = self.outcome.subscribe();
         // The sender lives in `self`, so the channel cannot close while we wait.
-        let outcome = receiver
-            .wait_for(Option::is_some)
-            .await
-            .expect("fill sender outlives its waiters")
-            .clone();
+        let outcome = receiver.wait_for(Option::is_some).await.expect("fill sender outlives its waiters").clone();
         outcome.expect("waited for Some")
     }
 
@@ -62,10 +58,8 @@ impl Fills {
         match self.in_flight.entry(Arc::from(id)) {
             Entry::Occupied(existing) => Role::Follower(existing.get().clone()),
             Entry::Vacant(slot) => {
-                let fill = Arc::new(Fill {
-                    outcome: watch::Sender::new(None),
-                    started_after_sequence: applied_sequence,
-                });
+                let fill =
+                    Arc::new(Fill { outcome: watch::Sender::new(None), started_after_sequence: applied_sequence });
                 slot.insert(fill.clone());
                 Role::Leader(fill)
             }
@@ -75,13 +69,7 @@ impl Fills {
     /// Ends a fill: if it still holds its slot and its answer is not older than what the edge had
     /// applied, runs `install` while holding the slot's lock; then hands the outcome to every waiter.
     /// Returns whether the answer was installed.
-    pub fn finish(
-        &self,
-        id: &str,
-        fill: &Arc<Fill>,
-        outcome: FillOutcome,
-        install: impl FnOnce(&CoreAnswer),
-    ) -> bool {
+    pub fn finish(&self, id: &str, fill: &Arc<Fill>, outcome: FillOutcome, install: impl FnOnce(&CoreAnswer)) -> bool {
         let mut installed = false;
         self.in_flight.remove_if(id, |_, holder| {
             let holds_slot = Arc::ptr_eq(holder, fill);
@@ -120,67 +108,45 @@ mod tests {
     use super::*;
 
     fn answer(as_of_sequence: u64) -> FillOutcome {
-        Ok(CoreAnswer {
-            merchant: None,
-            as_of_sequence,
-        })
+        Ok(CoreAnswer { merchant: None, as_of_sequence })
     }
 
     #[tokio::test]
     async fn concurrent_lookups_share_one_fill() {
         let fills = Fills::default();
-        let Role::Leader(leader) = fills.join_or_start("m", 0) else {
-            panic!("first is the leader")
-        };
-        let Role::Follower(follower) = fills.join_or_start("m", 0) else {
-            panic!("second follows")
-        };
+        let Role::Leader(leader) = fills.join_or_start("m", 0) else { panic!("first is the leader") };
+        let Role::Follower(follower) = fills.join_or_start("m", 0) else { panic!("second follows") };
         assert!(Arc::ptr_eq(&leader, &follower));
         let waiter = tokio::spawn(async move { follower.outcome().await });
         assert!(fills.finish("m", &leader, answer(3), |_| {}));
         assert_eq!(waiter.await.unwrap(), answer(3));
-        assert!(
-            matches!(fills.join_or_start("m", 0), Role::Leader(_)),
-            "a finished fill frees the slot"
-        );
+        assert!(matches!(fills.join_or_start("m", 0), Role::Leader(_)), "a finished fill frees the slot");
     }
 
     #[tokio::test]
     async fn a_superseded_fill_cannot_install_and_new_lookups_do_not_join_it() {
         let fills = Fills::default();
-        let Role::Leader(old) = fills.join_or_start("m", 0) else {
-            panic!()
-        };
+        let Role::Leader(old) = fills.join_or_start("m", 0) else { panic!() };
         let mut applied = false;
         assert!(fills.supersede("m", || applied = true));
         assert!(applied);
-        let Role::Leader(fresh) = fills.join_or_start("m", 1) else {
-            panic!("must not join the old fill")
-        };
+        let Role::Leader(fresh) = fills.join_or_start("m", 1) else { panic!("must not join the old fill") };
         assert!(!fills.finish("m", &old, answer(0), |_| panic!("old fill installed")));
-        assert_eq!(
-            old.outcome().await,
-            answer(0),
-            "its own waiters still get an answer"
-        );
+        assert_eq!(old.outcome().await, answer(0), "its own waiters still get an answer");
         assert!(fills.finish("m", &fresh, answer(1), |_| {}));
     }
 
     #[tokio::test]
     async fn answers_older_than_applied_notices_are_not_installed() {
         let fills = Fills::default();
-        let Role::Leader(fill) = fills.join_or_start("m", 10) else {
-            panic!()
-        };
+        let Role::Leader(fill) = fills.join_or_start("m", 10) else { panic!() };
         assert!(!fills.finish("m", &fill, answer(9), |_| panic!("stale answer installed")));
     }
 
     #[tokio::test]
     async fn failures_are_shared_and_never_installed() {
         let fills = Fills::default();
-        let Role::Leader(fill) = fills.join_or_start("m", 0) else {
-            panic!()
-        };
+        let Role::Leader(fill) = fills.join_or_start("m", 0) else { panic!() };
         let failure: FillOutcome = Err(UpstreamError::Unavailable("down".into()));
         assert!(!fills.finish("m", &fill, failure.clone(), |_| panic!("failure installed")));
         assert_eq!(fill.outcome().await, failure);

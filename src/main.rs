@@ -7,11 +7,7 @@ use clap::{Parser, Subcommand};
 use merchant_edge::commands;
 
 #[derive(Parser)]
-#[command(
-    name = "merchant-edge",
-    version,
-    about = "gRPC edge cache for merchant lookups from payment terminals"
-)]
+#[command(name = "merchant-edge", version, about = "gRPC edge cache for merchant lookups from payment terminals")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -55,14 +51,8 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve { config } => {
-                commands::serve(commands::load_config(config.as_deref())?).await
-            }
-            Command::CoreSim {
-                listen,
-                merchants,
-                history,
-            } => commands::core_sim(listen, merchants, history).await,
+            Command::Serve { config } => commands::serve(commands::load_config(config.as_deref())?).await,
+            Command::CoreSim { listen, merchants, history } => commands::core_sim(listen, merchants, history).await,
             Command::Lookup { ids, server } => return Ok(commands::lookup(&server, &ids).await),
             Command::CheckConfig { .. } => unreachable!("handled before the runtime starts"),
         }

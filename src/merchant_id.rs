@@ -43,11 +43,7 @@ pub struct IdRule {
 
 impl Default for IdRule {
     fn default() -> Self {
-        Self {
-            min_length: 15,
-            max_length: 15,
-            charset: Charset::Digits,
-        }
+        Self { min_length: 15, max_length: 15, charset: Charset::Digits }
     }
 }
 
@@ -59,11 +55,7 @@ pub enum IdError {
     #[error("merchant_id has {actual} characters after trimming whitespace; rule `length`: it must be {expected}")]
     Length { actual: usize, expected: String },
     #[error("merchant_id has {found:?} at position {position}; rule `charset`: it may contain only {allowed}")]
-    Charset {
-        found: char,
-        position: usize,
-        allowed: &'static str,
-    },
+    Charset { found: char, position: usize, allowed: &'static str },
 }
 
 /// Longest input the normaliser examines character by character; anything longer is refused by length
@@ -77,10 +69,7 @@ impl IdRule {
             return Err("min_length must be at least 1".into());
         }
         if self.min_length > self.max_length {
-            return Err(format!(
-                "min_length ({}) must not exceed max_length ({})",
-                self.min_length, self.max_length
-            ));
+            return Err(format!("min_length ({}) must not exceed max_length ({})", self.min_length, self.max_length));
         }
         if self.max_length > SCAN_LIMIT / 4 {
             return Err(format!("max_length must be at most {}", SCAN_LIMIT / 4));
@@ -102,15 +91,10 @@ impl IdRule {
     pub fn normalise<'a>(&self, raw: &'a str) -> Result<Cow<'a, str>, IdError> {
         let trimmed = raw.trim();
         if trimmed.is_empty() {
-            return Err(IdError::Empty {
-                expected: self.expected(),
-            });
+            return Err(IdError::Empty { expected: self.expected() });
         }
         if trimmed.len() > SCAN_LIMIT {
-            return Err(IdError::Length {
-                actual: trimmed.chars().count(),
-                expected: self.expected(),
-            });
+            return Err(IdError::Length { actual: trimmed.chars().count(), expected: self.expected() });
         }
         let id: Cow<'a, str> = if trimmed.is_ascii() {
             Cow::Borrowed(trimmed)
@@ -119,21 +103,12 @@ impl IdRule {
         };
         let length = id.chars().count();
         if length < self.min_length || length > self.max_length {
-            return Err(IdError::Length {
-                actual: length,
-                expected: self.expected(),
-            });
+            return Err(IdError::Length { actual: length, expected: self.expected() });
         }
-        if let Some((position, found)) = id
-            .chars()
-            .enumerate()
-            .find(|&(_, c)| !(c.is_ascii() && self.charset.allows(c as u8)))
+        if let Some((position, found)) =
+            id.chars().enumerate().find(|&(_, c)| !(c.is_ascii() && self.charset.allows(c as u8)))
         {
-            return Err(IdError::Charset {
-                found,
-                position: position + 1,
-                allowed: self.charset.describe(),
-            });
+            return Err(IdError::Charset { found, position: position + 1, allowed: self.charset.describe() });
         }
         Ok(id)
     }
@@ -163,57 +138,26 @@ mod tests {
 
     #[test]
     fn whitespace_and_full_width_digits_are_normalised() {
-        assert_eq!(
-            rule().normalise("  898000000000042\t\n").unwrap(),
-            "898000000000042"
-        );
-        let full_width: String = "898000000000042"
-            .chars()
-            .map(|c| char::from_u32(c as u32 + 0xFEE0).unwrap())
-            .collect();
+        assert_eq!(rule().normalise("  898000000000042\t\n").unwrap(), "898000000000042");
+        let full_width: String =
+            "898000000000042".chars().map(|c| char::from_u32(c as u32 + 0xFEE0).unwrap()).collect();
         assert!(full_width.starts_with("８９８"));
         assert_eq!(rule().normalise(&full_width).unwrap(), "898000000000042");
         // An ideographic space (U+3000) is whitespace too.
-        assert_eq!(
-            rule().normalise("\u{3000}898000000000042\u{3000}").unwrap(),
-            "898000000000042"
-        );
+        assert_eq!(rule().normalise("\u{3000}898000000000042\u{3000}").unwrap(), "898000000000042");
     }
 
     #[test]
     fn each_broken_rule_is_named() {
-        assert!(matches!(
-            rule().normalise("   "),
-            Err(IdError::Empty { .. })
-        ));
+        assert!(matches!(rule().normalise("   "), Err(IdError::Empty { .. })));
         let short = rule().normalise("89800000000004").unwrap_err();
-        assert_eq!(
-            short,
-            IdError::Length {
-                actual: 14,
-                expected: "exactly 15 ASCII digits 0-9".into()
-            }
-        );
+        assert_eq!(short, IdError::Length { actual: 14, expected: "exactly 15 ASCII digits 0-9".into() });
         assert!(short.to_string().contains("rule `length`"));
         let letters = rule().normalise("89800000000O042").unwrap_err();
-        assert_eq!(
-            letters,
-            IdError::Charset {
-                found: 'O',
-                position: 12,
-                allowed: "ASCII digits 0-9"
-            }
-        );
+        assert_eq!(letters, IdError::Charset { found: 'O', position: 12, allowed: "ASCII digits 0-9" });
         assert!(letters.to_string().contains("rule `charset`"), "{letters}");
         let inner_space = rule().normalise("898000 00000042").unwrap_err();
-        assert!(matches!(
-            inner_space,
-            IdError::Charset {
-                found: ' ',
-                position: 7,
-                ..
-            }
-        ));
+        assert!(matches!(inner_space, IdError::Charset { found: ' ', position: 7, .. }));
     }
 
     #[test]
@@ -227,25 +171,11 @@ mod tests {
 
     #[test]
     fn the_rule_is_configurable() {
-        let rule = IdRule {
-            min_length: 6,
-            max_length: 20,
-            charset: Charset::Alphanumeric,
-        };
+        let rule = IdRule { min_length: 6, max_length: 20, charset: Charset::Alphanumeric };
         assert_eq!(rule.normalise(" ＡＢｃ１２３ ").unwrap(), "ABc123");
         assert!(rule.normalise("abc-123").is_err());
         assert!(rule.validate().is_ok());
-        assert!(IdRule {
-            min_length: 0,
-            ..rule.clone()
-        }
-        .validate()
-        .is_err());
-        assert!(IdRule {
-            min_length: 30,
-            ..rule
-        }
-        .validate()
-        .is_err());
+        assert!(IdRule { min_length: 0, ..rule.clone() }.validate().is_err());
+        assert!(IdRule { min_length: 30, ..rule }.validate().is_err());
     }
 }

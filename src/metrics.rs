@@ -133,57 +133,33 @@ impl FeedMetrics {
             lag_seconds: Gauge::default(),
         };
         let registry = registry.sub_registry_with_prefix("feed");
-        registry.register(
-            "notices_applied",
-            "Change notices applied",
-            feed.notices_applied.clone(),
-        );
+        registry.register("notices_applied", "Change notices applied", feed.notices_applied.clone());
         registry.register(
             "notices_duplicate",
             "Change notices dropped because their sequence was already applied",
             feed.notices_duplicate.clone(),
         );
-        registry.register(
-            "gaps",
-            "Sequence gaps detected on the change stream (each reopens it)",
-            feed.gaps.clone(),
-        );
+        registry.register("gaps", "Sequence gaps detected on the change stream (each reopens it)", feed.gaps.clone());
         registry.register(
             "reconnects",
             "Change streams reopened after a failure, gap or stall",
             feed.reconnects.clone(),
         );
-        registry.register(
-            "resyncs",
-            "Reloads from a core snapshot, by reason",
-            feed.resyncs.clone(),
-        );
+        registry.register("resyncs", "Reloads from a core snapshot, by reason", feed.resyncs.clone());
         registry.register_with_unit(
             "commit_to_apply",
             "Time from a change's commit at the core to its application at the edge (wall clocks of both)",
             Unit::Seconds,
             feed.commit_to_apply.clone(),
         );
-        registry.register(
-            "connected",
-            "1 while the change stream is open and trusted",
-            feed.connected.clone(),
-        );
-        registry.register(
-            "applied_sequence",
-            "The last change sequence applied",
-            feed.applied_sequence.clone(),
-        );
+        registry.register("connected", "1 while the change stream is open and trusted", feed.connected.clone());
+        registry.register("applied_sequence", "The last change sequence applied", feed.applied_sequence.clone());
         registry.register(
             "core_head_sequence",
             "The highest change sequence the core has shown",
             feed.core_head_sequence.clone(),
         );
-        registry.register(
-            "lag_notices",
-            "Changes committed at the core and not yet applied",
-            feed.lag_notices.clone(),
-        );
+        registry.register("lag_notices", "Changes committed at the core and not yet applied", feed.lag_notices.clone());
         registry.register_with_unit(
             "lag",
             "How long the edge has been behind the core or the feed down (0 when caught up)",
@@ -228,17 +204,9 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("merchant_edge");
         let lookups = Family::<LookupLabels, Counter>::default();
-        registry.register(
-            "lookups",
-            "Lookups answered, by the store that answered and the result",
-            lookups.clone(),
-        );
+        registry.register("lookups", "Lookups answered, by the store that answered and the result", lookups.clone());
         let core_calls = Family::<CoreCallLabels, Counter>::default();
-        registry.register(
-            "core_calls",
-            "GetMerchant calls to the bank core, by result",
-            core_calls.clone(),
-        );
+        registry.register("core_calls", "GetMerchant calls to the bank core, by result", core_calls.clone());
         let core_call_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         registry.register_with_unit(
             "core_call_duration",
@@ -260,45 +228,26 @@ impl Default for Metrics {
             fills_fenced.clone(),
         );
         let cache_entries = Family::<StoreLabels, Gauge>::default();
-        registry.register(
-            "cache_entries",
-            "Entries held per store",
-            cache_entries.clone(),
-        );
+        registry.register("cache_entries", "Entries held per store", cache_entries.clone());
         let feed = FeedMetrics::register(&mut registry);
-        Self {
-            registry,
-            feed,
-            lookups,
-            core_calls,
-            core_call_duration,
-            coalesced_waits,
-            fills_fenced,
-            cache_entries,
-        }
+        Self { registry, feed, lookups, core_calls, core_call_duration, coalesced_waits, fills_fenced, cache_entries }
     }
 }
 
 impl Metrics {
     /// The counter for one kind of lookup outcome; resolve once and keep it.
     pub fn lookup_counter(&self, source: SourceLabel, result: ResultLabel) -> Counter {
-        self.lookups
-            .get_or_create(&LookupLabels { source, result })
-            .clone()
+        self.lookups.get_or_create(&LookupLabels { source, result }).clone()
     }
 
     pub fn record_core_call(&self, result: CoreCallResult, elapsed: Duration) {
-        self.core_calls
-            .get_or_create(&CoreCallLabels { result })
-            .inc();
+        self.core_calls.get_or_create(&CoreCallLabels { result }).inc();
         self.core_call_duration.observe(elapsed.as_secs_f64());
     }
 
     pub fn set_cache_entries(&self, positive: u64, negative: u64) {
         let set = |store, value: u64| {
-            self.cache_entries
-                .get_or_create(&StoreLabels { store })
-                .set(value.try_into().unwrap_or(i64::MAX))
+            self.cache_entries.get_or_create(&StoreLabels { store }).set(value.try_into().unwrap_or(i64::MAX))
         };
         set(StoreLabel::Positive, positive);
         set(StoreLabel::Negative, negative);
@@ -307,8 +256,7 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)
-            .expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
     }
 }

@@ -18,10 +18,7 @@ pub struct Readiness {
 impl Readiness {
     /// Starts not ready.
     pub fn new(health: HealthReporter) -> Self {
-        Self {
-            ready: watch::Sender::new(false),
-            health,
-        }
+        Self { ready: watch::Sender::new(false), health }
     }
 
     pub fn is_ready(&self) -> bool {
@@ -31,29 +28,16 @@ impl Readiness {
     /// Reports the change feed as its own health-check service, so probes can tell "serving, but the
     /// feed is down" from "not serving".
     pub async fn set_feed(&self, connected: bool) {
-        let status = if connected {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        self.health
-            .set_service_status(FEED_HEALTH_SERVICE, status)
-            .await;
+        let status = if connected { ServingStatus::Serving } else { ServingStatus::NotServing };
+        self.health.set_service_status(FEED_HEALTH_SERVICE, status).await;
     }
 
     pub async fn set(&self, ready: bool) {
         self.ready.send_replace(ready);
-        let status = if ready {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
+        let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
         self.health.set_service_status("", status).await;
         self.health
-            .set_service_status(
-                <MerchantLookupServer<LookupService> as tonic::server::NamedService>::NAME,
-                status,
-            )
+            .set_service_status(<MerchantLookupServer<LookupService> as tonic::server::NamedService>::NAME, status)
             .await;
     }
 }

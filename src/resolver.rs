@@ -84,10 +84,8 @@ impl Resolver {
                 as_of_sequence: entry.as_of_sequence,
             });
         }
-        if let Some(entry) = self
-            .stores
-            .fresh_negative(&id, now)
-            .filter(|entry| self.feed.trusts_negative(entry.learned_at, now))
+        if let Some(entry) =
+            self.stores.fresh_negative(&id, now).filter(|entry| self.feed.trusts_negative(entry.learned_at, now))
         {
             self.counters.negative_hit.inc();
             return Ok(Answer {
@@ -154,44 +152,19 @@ impl Resolver {
     }
 
     fn remember(&self, id: Arc<str>, answer: &CoreAnswer, learned_at: Instant) {
-        self.store(
-            id,
-            answer.merchant.clone(),
-            answer.as_of_sequence,
-            learned_at,
-        );
+        self.store(id, answer.merchant.clone(), answer.as_of_sequence, learned_at);
     }
 
     /// Stores what the core said about `id` as of `as_of_sequence`.
-    fn store(
-        &self,
-        id: Arc<str>,
-        merchant: Option<Merchant>,
-        as_of_sequence: u64,
-        learned_at: Instant,
-    ) {
+    fn store(&self, id: Arc<str>, merchant: Option<Merchant>, as_of_sequence: u64, learned_at: Instant) {
         match merchant {
-            Some(merchant) => self.stores.put_positive(
-                id,
-                PositiveEntry {
-                    merchant,
-                    as_of_sequence,
-                    learned_at,
-                },
-            ),
+            Some(merchant) => self.stores.put_positive(id, PositiveEntry { merchant, as_of_sequence, learned_at }),
             None => {
                 let ttl = self.feed.negative_ttl(self.negative_ttl);
                 if ttl.is_zero() {
                     self.stores.remove(&id);
                 } else {
-                    self.stores.put_negative(
-                        id,
-                        NegativeEntry {
-                            as_of_sequence,
-                            learned_at,
-                            ttl,
-                        },
-                    );
+                    self.stores.put_negative(id, NegativeEntry { as_of_sequence, learned_at, ttl });
                 }
             }
         }
@@ -202,11 +175,7 @@ impl Resolver {
     /// snapshot and the stream may repeat changes the store already reflects).
     fn install_with_fence(&self, id: &str, merchant: Option<Merchant>, as_of_sequence: u64) {
         self.fills.supersede(id, || {
-            if self
-                .stores
-                .stored_as_of(id)
-                .is_some_and(|stored| stored >= as_of_sequence)
-            {
+            if self.stores.stored_as_of(id).is_some_and(|stored| stored >= as_of_sequence) {
                 return;
             }
             self.store(Arc::from(id), merchant, as_of_sequence, Instant::now());

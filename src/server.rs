@@ -23,11 +23,7 @@ use crate::upstream::CoreClient;
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind {
-        addr: SocketAddr,
-        what: &'static str,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, what: &'static str, source: std::io::Error },
     #[error("upstream: {0}")]
     Upstream(String),
     #[error("gRPC server failed: {0}")]
@@ -39,9 +35,7 @@ pub enum ServeError {
 }
 
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr, what, source })
+    TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, what, source })
 }
 
 /// An edge whose listeners are bound but not yet serving.
@@ -56,29 +50,17 @@ impl Edge {
     pub async fn bind(config: Config) -> Result<Self, ServeError> {
         let grpc = bind(config.server.listen, "server.listen").await?;
         let admin = bind(config.admin.listen, "admin.listen").await?;
-        Ok(Self {
-            config,
-            grpc,
-            admin,
-        })
+        Ok(Self { config, grpc, admin })
     }
 
     /// Uses listeners bound by the caller (tests bind 127.0.0.1:0).
     pub fn with_listeners(config: Config, grpc: TcpListener, admin: TcpListener) -> Self {
-        Self {
-            config,
-            grpc,
-            admin,
-        }
+        Self { config, grpc, admin }
     }
 
     /// Starts serving; the returned handle stops it.
     pub async fn start(self) -> Result<RunningEdge, ServeError> {
-        let Edge {
-            config,
-            grpc,
-            admin,
-        } = self;
+        let Edge { config, grpc, admin } = self;
         let grpc_addr = grpc.local_addr().map_err(ServeError::Admin)?;
         let admin_addr = admin.local_addr().map_err(ServeError::Admin)?;
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -94,30 +76,15 @@ impl Edge {
             UpstreamEndpoint::Url(url) => url.clone(),
             UpstreamEndpoint::Embedded => {
                 let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0)), "embedded core").await?;
-                let url = format!(
-                    "http://{}",
-                    listener.local_addr().map_err(ServeError::Admin)?
-                );
-                let simulator = Simulator::new(
-                    config.upstream.embedded_merchants,
-                    crate::sim::DEFAULT_HISTORY,
-                );
+                let url = format!("http://{}", listener.local_addr().map_err(ServeError::Admin)?);
+                let simulator = Simulator::new(config.upstream.embedded_merchants, crate::sim::DEFAULT_HISTORY);
                 let stop = stopped();
-                tasks.spawn(async move {
-                    simulator
-                        .serve(listener, stop)
-                        .await
-                        .map_err(ServeError::from)
-                });
+                tasks.spawn(async move { simulator.serve(listener, stop).await.map_err(ServeError::from) });
                 url
             }
         };
-        let core = CoreClient::connect_lazy(
-            &core_endpoint,
-            config.upstream.connect_timeout,
-            config.upstream.timeout,
-        )
-        .map_err(ServeError::Upstream)?;
+        let core = CoreClient::connect_lazy(&core_endpoint, config.upstream.connect_timeout, config.upstream.timeout)
+            .map_err(ServeError::Upstream)?;
 
         let metrics = Arc::new(Metrics::default());
         let feed = Arc::new(FeedStatus::new(config.feed.negative_ttl_when_down));
@@ -155,12 +122,8 @@ impl Edge {
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
         // Both versions: older ghz, grpcurl and Postman speak only v1alpha.
-        let reflection_v1 = reflection()
-            .build_v1()
-            .expect("the embedded descriptor sets are valid");
-        let reflection_v1alpha = reflection()
-            .build_v1alpha()
-            .expect("the embedded descriptor sets are valid");
+        let reflection_v1 = reflection().build_v1().expect("the embedded descriptor sets are valid");
+        let reflection_v1alpha = reflection().build_v1alpha().expect("the embedded descriptor sets are valid");
         let max_request = config.server.max_request_bytes.get() as usize;
         let lookup = MerchantLookupServer::new(LookupService::new(
             resolver.clone(),
@@ -184,26 +147,14 @@ impl Edge {
         });
         let admin_stop = stopped();
         tasks.spawn(async move {
-            axum::serve(admin, admin_router)
-                .with_graceful_shutdown(admin_stop)
-                .await
-                .map_err(ServeError::Admin)
+            axum::serve(admin, admin_router).with_graceful_shutdown(admin_stop).await.map_err(ServeError::Admin)
         });
 
         if !config.feed.warm_start {
             readiness.set(true).await;
         }
         tracing::info!(%grpc_addr, %admin_addr, upstream = %config.upstream.endpoint, %core_endpoint, "merchant-edge serving");
-        Ok(RunningEdge {
-            grpc_addr,
-            admin_addr,
-            core_endpoint,
-            metrics,
-            feed,
-            readiness,
-            stop: stop_tx,
-            tasks,
-        })
+        Ok(RunningEdge { grpc_addr, admin_addr, core_endpoint, metrics, feed, readiness, stop: stop_tx, tasks })
     }
 }
 

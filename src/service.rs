@@ -5,8 +5,8 @@ use tonic::{Request, Response, Status};
 
 use crate::pb::merchant_lookup_server::MerchantLookup;
 use crate::pb::{
-    BatchLookupRequest, BatchLookupResponse, BatchLookupResult, LookupError as ResultError,
-    LookupRequest, LookupResponse, Provenance,
+    BatchLookupRequest, BatchLookupResponse, BatchLookupResult, LookupError as ResultError, LookupRequest,
+    LookupResponse, Provenance,
 };
 use crate::resolver::{Answer, Resolver};
 use crate::status::{lookup_code, CallError};
@@ -18,10 +18,7 @@ pub struct LookupService {
 
 impl LookupService {
     pub fn new(resolver: Arc<Resolver>, max_batch: usize) -> Self {
-        Self {
-            resolver,
-            max_batch,
-        }
+        Self { resolver, max_batch }
     }
 }
 
@@ -35,20 +32,13 @@ fn provenance(answer: &Answer) -> Provenance {
 
 impl From<Answer> for LookupResponse {
     fn from(answer: Answer) -> Self {
-        Self {
-            found: answer.merchant.is_some(),
-            provenance: Some(provenance(&answer)),
-            merchant: answer.merchant,
-        }
+        Self { found: answer.merchant.is_some(), provenance: Some(provenance(&answer)), merchant: answer.merchant }
     }
 }
 
 #[tonic::async_trait]
 impl MerchantLookup for LookupService {
-    async fn lookup(
-        &self,
-        request: Request<LookupRequest>,
-    ) -> Result<Response<LookupResponse>, Status> {
+    async fn lookup(&self, request: Request<LookupRequest>) -> Result<Response<LookupResponse>, Status> {
         let answer = self.resolver.lookup(&request.get_ref().merchant_id).await?;
         Ok(Response::new(answer.into()))
     }
@@ -59,14 +49,9 @@ impl MerchantLookup for LookupService {
     ) -> Result<Response<BatchLookupResponse>, Status> {
         let ids = request.into_inner().merchant_ids;
         if ids.len() > self.max_batch {
-            return Err(CallError::BatchTooLarge {
-                got: ids.len(),
-                max: self.max_batch,
-            }
-            .into());
+            return Err(CallError::BatchTooLarge { got: ids.len(), max: self.max_batch }.into());
         }
-        let answers =
-            futures::future::join_all(ids.iter().map(|id| self.resolver.lookup(id))).await;
+        let answers = futures::future::join_all(ids.iter().map(|id| self.resolver.lookup(id))).await;
         let results = ids
             .into_iter()
             .zip(answers)
@@ -80,10 +65,7 @@ impl MerchantLookup for LookupService {
                 },
                 Err(error) => BatchLookupResult {
                     requested_merchant_id,
-                    error: Some(ResultError {
-                        code: lookup_code(&error) as i32,
-                        message: error.to_string(),
-                    }),
+                    error: Some(ResultError { code: lookup_code(&error) as i32, message: error.to_string() }),
                     ..Default::default()
                 },
             })

@@ -35,12 +35,7 @@ pub struct NegativeEntry {
 struct NegativeExpiry;
 
 impl moka::Expiry<Arc<str>, NegativeEntry> for NegativeExpiry {
-    fn expire_after_create(
-        &self,
-        _: &Arc<str>,
-        entry: &NegativeEntry,
-        _: std::time::Instant,
-    ) -> Option<Duration> {
+    fn expire_after_create(&self, _: &Arc<str>, entry: &NegativeEntry, _: std::time::Instant) -> Option<Duration> {
         Some(entry.ttl)
     }
 
@@ -81,16 +76,12 @@ impl Stores {
 
     /// The stored merchant, if it is still within the positive TTL at `now`.
     pub fn fresh_positive(&self, id: &str, now: Instant) -> Option<Arc<PositiveEntry>> {
-        self.positive
-            .get(id)
-            .filter(|entry| now.saturating_duration_since(entry.learned_at) < self.positive_ttl)
+        self.positive.get(id).filter(|entry| now.saturating_duration_since(entry.learned_at) < self.positive_ttl)
     }
 
     /// The stored "not found", if it is still within its TTL at `now`.
     pub fn fresh_negative(&self, id: &str, now: Instant) -> Option<NegativeEntry> {
-        self.negative
-            .get(id)
-            .filter(|entry| now.saturating_duration_since(entry.learned_at) < entry.ttl)
+        self.negative.get(id).filter(|entry| now.saturating_duration_since(entry.learned_at) < entry.ttl)
     }
 
     /// Stores a merchant and forgets any "not found" for it.
@@ -168,21 +159,14 @@ mod tests {
 
     fn merchant(id: &str) -> PositiveEntry {
         PositiveEntry {
-            merchant: Merchant {
-                merchant_id: id.into(),
-                ..Default::default()
-            },
+            merchant: Merchant { merchant_id: id.into(), ..Default::default() },
             as_of_sequence: 1,
             learned_at: Instant::now(),
         }
     }
 
     fn not_found(ttl: Duration) -> NegativeEntry {
-        NegativeEntry {
-            as_of_sequence: 1,
-            learned_at: Instant::now(),
-            ttl,
-        }
+        NegativeEntry { as_of_sequence: 1, learned_at: Instant::now(), ttl }
     }
 
     #[tokio::test(start_paused = true)]
@@ -195,10 +179,7 @@ mod tests {
         let now = Instant::now();
         assert!(stores.fresh_positive("a", now).is_some());
         assert!(stores.fresh_negative("b", now).is_some());
-        assert!(
-            stores.fresh_negative("c", now).is_none(),
-            "the short feed-down TTL is honoured"
-        );
+        assert!(stores.fresh_negative("c", now).is_none(), "the short feed-down TTL is honoured");
         tokio::time::advance(Duration::from_secs(5)).await;
         assert!(stores.fresh_negative("b", Instant::now()).is_none());
         tokio::time::advance(Duration::from_secs(60)).await;
@@ -224,16 +205,11 @@ mod tests {
             stores.put_positive(format!("known{i}").into(), merchant("k"));
         }
         for i in 0..10_000 {
-            stores.put_negative(
-                format!("unknown{i}").into(),
-                not_found(Duration::from_secs(5)),
-            );
+            stores.put_negative(format!("unknown{i}").into(), not_found(Duration::from_secs(5)));
         }
         let (positive, negative) = stores.entry_counts();
         assert_eq!(positive, 100);
         assert!(negative <= 50, "negative store is bounded: {negative}");
-        assert!((0..100).all(|i| stores
-            .fresh_positive(&format!("known{i}"), Instant::now())
-            .is_some()));
+        assert!((0..100).all(|i| stores.fresh_positive(&format!("known{i}"), Instant::now()).is_some()));
     }
 }

@@ -37,21 +37,14 @@ pub struct CoreClient {
 impl CoreClient {
     /// A client that connects on first use and reconnects after failures, so the edge starts (and keeps
     /// serving from memory) while the core is down.
-    pub fn connect_lazy(
-        url: &str,
-        connect_timeout: Duration,
-        timeout: Duration,
-    ) -> Result<Self, String> {
+    pub fn connect_lazy(url: &str, connect_timeout: Duration, timeout: Duration) -> Result<Self, String> {
         let endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| format!("invalid upstream endpoint {url}: {e}"))?
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_while_idle(true);
-        Ok(Self {
-            client: MerchantCoreClient::new(endpoint.connect_lazy()),
-            timeout,
-        })
+        Ok(Self { client: MerchantCoreClient::new(endpoint.connect_lazy()), timeout })
     }
 
     /// The underlying gRPC client, for the change feed and snapshot reads.
@@ -60,9 +53,7 @@ impl CoreClient {
     }
 
     pub async fn get_merchant(&self, merchant_id: &str) -> Result<CoreAnswer, UpstreamError> {
-        let mut request = tonic::Request::new(GetMerchantRequest {
-            merchant_id: merchant_id.to_owned(),
-        });
+        let mut request = tonic::Request::new(GetMerchantRequest { merchant_id: merchant_id.to_owned() });
         request.set_timeout(self.timeout);
         let mut client = self.client.clone();
         let call = client.get_merchant(request);
@@ -73,17 +64,10 @@ impl CoreClient {
             .into_inner();
         let merchant = match (response.found, response.merchant) {
             (true, Some(merchant)) => Some(merchant),
-            (true, None) => {
-                return Err(UpstreamError::Unavailable(
-                    "core answered found without a merchant".into(),
-                ))
-            }
+            (true, None) => return Err(UpstreamError::Unavailable("core answered found without a merchant".into())),
             (false, _) => None,
         };
-        Ok(CoreAnswer {
-            merchant,
-            as_of_sequence: response.as_of_sequence,
-        })
+        Ok(CoreAnswer { merchant, as_of_sequence: response.as_of_sequence })
     }
 }
 

@@ -5,9 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use merchant_edge::pb::{
-    BatchLookupRequest, LookupRequest, MerchantStatus, SetFaultsRequest, Source,
-};
+use merchant_edge::pb::{BatchLookupRequest, LookupRequest, MerchantStatus, SetFaultsRequest, Source};
 use merchant_edge::sim::dataset::synthetic_merchant;
 use tonic::Code;
 
@@ -30,11 +28,7 @@ async fn miss_fills_from_the_core_then_hits() {
     let second = lookup(&mut client, KNOWN).await.unwrap();
     assert_eq!(second.merchant, first.merchant);
     assert_eq!(source(&second), Source::Cache);
-    assert_eq!(
-        core.stats().await.get_merchant_calls,
-        1,
-        "the hit did not reach the core"
-    );
+    assert_eq!(core.stats().await.get_merchant_calls, 1, "the hit did not reach the core");
 }
 
 #[tokio::test]
@@ -65,27 +59,13 @@ async fn the_negative_ttl_is_shorter_and_separate() {
 
     advance_clock(Duration::from_secs(6)).await;
     let unknown = lookup(&mut client, UNKNOWN).await.unwrap();
-    assert_eq!(
-        source(&unknown),
-        Source::Upstream,
-        "the not-found expired after negative_ttl"
-    );
+    assert_eq!(source(&unknown), Source::Upstream, "the not-found expired after negative_ttl");
     let known = lookup(&mut client, KNOWN).await.unwrap();
-    assert_eq!(
-        source(&known),
-        Source::Cache,
-        "the merchant is still within positive_ttl"
-    );
-    assert!(
-        known.provenance.unwrap().age_ms >= 6000,
-        "age counts from when it was learned"
-    );
+    assert_eq!(source(&known), Source::Cache, "the merchant is still within positive_ttl");
+    assert!(known.provenance.unwrap().age_ms >= 6000, "age counts from when it was learned");
 
     advance_clock(Duration::from_secs(60)).await;
-    assert_eq!(
-        source(&lookup(&mut client, KNOWN).await.unwrap()),
-        Source::Upstream
-    );
+    assert_eq!(source(&lookup(&mut client, KNOWN).await.unwrap()), Source::Upstream);
     assert_eq!(core.stats().await.get_merchant_calls, 4);
 }
 
@@ -116,73 +96,31 @@ async fn batch_lookup_answers_each_id_in_request_order() {
     lookup(&mut client, "898000000000007").await.unwrap();
 
     let spelled_full_width = format!(" {}", full_width(KNOWN));
-    let ids = [
-        "898000000000007",
-        UNKNOWN,
-        "12345",
-        "898000000000097",
-        &spelled_full_width,
-        "898000000000007",
-    ];
-    let request = BatchLookupRequest {
-        merchant_ids: ids.iter().map(|s| s.to_string()).collect(),
-    };
-    let results = client
-        .batch_lookup(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .results;
+    let ids = ["898000000000007", UNKNOWN, "12345", "898000000000097", &spelled_full_width, "898000000000007"];
+    let request = BatchLookupRequest { merchant_ids: ids.iter().map(|s| s.to_string()).collect() };
+    let results = client.batch_lookup(request).await.unwrap().into_inner().results;
     assert_eq!(results.len(), ids.len());
     for (result, id) in results.iter().zip(ids) {
         assert_eq!(result.requested_merchant_id, id);
     }
-    let sources: Vec<i32> = results
-        .iter()
-        .map(|r| r.provenance.map_or(0, |p| p.source))
-        .collect();
+    let sources: Vec<i32> = results.iter().map(|r| r.provenance.map_or(0, |p| p.source)).collect();
     assert_eq!(
         sources,
-        [
-            Source::Cache,
-            Source::Upstream,
-            Source::Unspecified,
-            Source::Upstream,
-            Source::Upstream,
-            Source::Cache
-        ]
-        .map(|s| s as i32)
+        [Source::Cache, Source::Upstream, Source::Unspecified, Source::Upstream, Source::Upstream, Source::Cache]
+            .map(|s| s as i32)
     );
-    assert!(
-        results[0].found && results[0].merchant.as_ref().unwrap().merchant_id == "898000000000007"
-    );
+    assert!(results[0].found && results[0].merchant.as_ref().unwrap().merchant_id == "898000000000007");
     assert!(!results[1].found && results[1].error.is_none());
-    let error = results[2]
-        .error
-        .as_ref()
-        .expect("the malformed ID has its own error");
+    let error = results[2].error.as_ref().expect("the malformed ID has its own error");
     assert_eq!(error.code, Code::InvalidArgument as i32);
     assert!(error.message.contains("rule `length`"), "{}", error.message);
-    assert_eq!(
-        results[3].merchant.as_ref().unwrap().status,
-        MerchantStatus::PendingReview as i32
-    );
-    assert_eq!(
-        results[4].merchant.as_ref().unwrap().merchant_id,
-        KNOWN,
-        "normalised in a batch too"
-    );
+    assert_eq!(results[3].merchant.as_ref().unwrap().status, MerchantStatus::PendingReview as i32);
+    assert_eq!(results[4].merchant.as_ref().unwrap().merchant_id, KNOWN, "normalised in a batch too");
 
-    let too_many = BatchLookupRequest {
-        merchant_ids: vec![KNOWN.to_string(); 7],
-    };
+    let too_many = BatchLookupRequest { merchant_ids: vec![KNOWN.to_string(); 7] };
     let status = client.batch_lookup(too_many).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(
-        status.message().contains("at most 6"),
-        "{}",
-        status.message()
-    );
+    assert!(status.message().contains("at most 6"), "{}", status.message());
 }
 
 #[tokio::test]
@@ -191,21 +129,15 @@ async fn concurrent_misses_for_one_id_make_one_core_call() {
     let edge = start_edge(edge_config(&core.url())).await;
     let client = client(&edge).await;
     // Hold the core's answer until all 64 lookups are waiting for it.
-    core.set_faults(SetFaultsRequest {
-        hang: true,
-        ..Default::default()
-    })
-    .await;
+    core.set_faults(SetFaultsRequest { hang: true, ..Default::default() }).await;
     let lookups: Vec<_> = (0..64)
         .map(|_| {
             let mut client = client.clone();
             tokio::spawn(async move { lookup(&mut client, UNKNOWN).await })
         })
         .collect();
-    wait_until("63 lookups wait for the first one's core call", || async {
-        edge.metrics.coalesced_waits.get() == 63
-    })
-    .await;
+    wait_until("63 lookups wait for the first one's core call", || async { edge.metrics.coalesced_waits.get() == 63 })
+        .await;
     assert_eq!(core.stats().await.get_merchant_calls, 1);
     core.set_faults(SetFaultsRequest::default()).await;
     for handle in lookups {
@@ -233,25 +165,14 @@ async fn malformed_ids_are_refused_with_the_rule_and_never_reach_the_core() {
     ] {
         let status = lookup(&mut client, id).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{id:.20}");
-        assert!(
-            status.message().contains(rule),
-            "{id:.20}: {}",
-            status.message()
-        );
-        assert!(
-            status.message().len() < 200,
-            "the message does not echo the input"
-        );
+        assert!(status.message().contains(rule), "{id:.20}: {}", status.message());
+        assert!(status.message().len() < 200, "the message does not echo the input");
     }
     // Larger than server.max_request_bytes: refused by the message-size limit before decoding.
     let huge = "8".repeat(100 * 1024);
     let status = lookup(&mut client, &huge).await.unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
-    assert!(
-        status.message().contains("too large"),
-        "{}",
-        status.message()
-    );
+    assert!(status.message().contains("too large"), "{}", status.message());
     assert_eq!(core.stats().await.get_merchant_calls, 0);
 }
 
@@ -260,20 +181,11 @@ async fn ids_are_normalised_before_lookup() {
     let core = Core::start(1000).await;
     let edge = start_edge(edge_config(&core.url())).await;
     let mut client = client(&edge).await;
-    for id in [
-        " 898000000000042",
-        "898000000000042\t\n",
-        &full_width(KNOWN),
-        "\u{3000}898000000000042",
-    ] {
+    for id in [" 898000000000042", "898000000000042\t\n", &full_width(KNOWN), "\u{3000}898000000000042"] {
         let response = lookup(&mut client, id).await.unwrap();
         assert_eq!(response.merchant.unwrap().merchant_id, KNOWN, "{id:?}");
     }
-    assert_eq!(
-        core.stats().await.get_merchant_calls,
-        1,
-        "all spellings share one cache entry"
-    );
+    assert_eq!(core.stats().await.get_merchant_calls, 1, "all spellings share one cache entry");
 }
 
 #[tokio::test]
@@ -281,29 +193,17 @@ async fn a_failing_core_is_unavailable_never_not_found_and_nothing_is_cached() {
     let core = Core::start(1000).await;
     let edge = start_edge(edge_config(&core.url())).await;
     let mut client = client(&edge).await;
-    core.set_faults(SetFaultsRequest {
-        error_rate: 1.0,
-        ..Default::default()
-    })
-    .await;
+    core.set_faults(SetFaultsRequest { error_rate: 1.0, ..Default::default() }).await;
     for id in [KNOWN, UNKNOWN, UNKNOWN] {
         let status = lookup(&mut client, id).await.unwrap_err();
         assert_eq!(status.code(), Code::Unavailable, "{id}");
-        assert!(
-            status.message().contains("bank core"),
-            "{}",
-            status.message()
-        );
+        assert!(status.message().contains("bank core"), "{}", status.message());
     }
     core.set_faults(SetFaultsRequest::default()).await;
     let known = lookup(&mut client, KNOWN).await.unwrap();
     let unknown = lookup(&mut client, UNKNOWN).await.unwrap();
     assert!(known.found && !unknown.found);
-    assert_eq!(
-        (source(&known), source(&unknown)),
-        (Source::Upstream, Source::Upstream),
-        "failures were not cached"
-    );
+    assert_eq!((source(&known), source(&unknown)), (Source::Upstream, Source::Upstream), "failures were not cached");
 }
 
 #[tokio::test]
@@ -319,11 +219,7 @@ async fn a_core_that_is_down_gives_unavailable_and_is_used_again_when_back() {
     let status = lookup(&mut client, KNOWN).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     let status = lookup(&mut client, UNKNOWN).await.unwrap_err();
-    assert_eq!(
-        status.code(),
-        Code::Unavailable,
-        "a dead core is not 'not found'"
-    );
+    assert_eq!(status.code(), Code::Unavailable, "a dead core is not 'not found'");
 
     let _core = Core::start_with(
         merchant_edge::sim::Simulator::new(1000, 100),
@@ -346,27 +242,16 @@ async fn the_embedded_default_serves_on_its_own() {
     config.upstream.embedded_merchants = 1000;
     let edge = start_edge(config).await;
     let mut client = client(&edge).await;
-    wait_until(
-        "the embedded default is warm and following changes",
-        || async { edge.readiness.is_ready() && edge.feed.is_connected() },
-    )
+    wait_until("the embedded default is warm and following changes", || async {
+        edge.readiness.is_ready() && edge.feed.is_connected()
+    })
     .await;
     let (status, body) = http_get(edge.admin_addr, "/readyz").await;
     assert_eq!(status, 200);
-    assert!(
-        body.starts_with("ready\nfeed: connected, applied sequence 0"),
-        "{body}"
-    );
+    assert!(body.starts_with("ready\nfeed: connected, applied sequence 0"), "{body}");
     let known = lookup(&mut client, KNOWN).await.unwrap();
-    assert_eq!(
-        source(&known),
-        Source::Cache,
-        "warm start loaded the snapshot: no miss"
-    );
-    assert!(
-        !lookup(&mut client, "898000000001000").await.unwrap().found,
-        "index 1000 is beyond 1000 merchants"
-    );
+    assert_eq!(source(&known), Source::Cache, "warm start loaded the snapshot: no miss");
+    assert!(!lookup(&mut client, "898000000001000").await.unwrap().found, "index 1000 is beyond 1000 merchants");
     let (_, metrics) = http_get(edge.admin_addr, "/metrics").await;
     for line in [
         r#"merchant_edge_lookups_total{source="cache",result="found"} 1"#,
@@ -382,11 +267,6 @@ async fn the_embedded_default_serves_on_its_own() {
 #[tokio::test]
 async fn the_request_field_is_a_plain_string() {
     // Guards the wire contract that ghz configs and terminals rely on.
-    let request = LookupRequest {
-        merchant_id: KNOWN.into(),
-    };
-    assert_eq!(
-        prost::Message::encode_to_vec(&request),
-        [&[0x0a, 15][..], KNOWN.as_bytes()].concat()
-    );
+    let request = LookupRequest { merchant_id: KNOWN.into() };
+    assert_eq!(prost::Message::encode_to_vec(&request), [&[0x0a, 15][..], KNOWN.as_bytes()].concat());
 }

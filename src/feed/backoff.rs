@@ -10,11 +10,7 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            initial,
-            max,
-            next: initial,
-        }
+        Self { initial, max, next: initial }
     }
 
     pub fn reset(&mut self) {
@@ -45,11 +41,7 @@ mod tests {
         for ceiling in ceilings {
             let delay = backoff.next_delay();
             let ceiling = Duration::from_millis(ceiling);
-            assert!(
-                delay >= ceiling / 2 && delay <= ceiling,
-                "{delay:?} not within [{:?}, {ceiling:?}]",
-                ceiling / 2
-            );
+            assert!(delay >= ceiling / 2 && delay <= ceiling, "{delay:?} not within [{:?}, {ceiling:?}]", ceiling / 2);
         }
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_millis(100));

@@ -66,15 +66,7 @@ impl Follower {
         readiness: Readiness,
         config: FeedConfig,
     ) -> Self {
-        Self {
-            core,
-            resolver,
-            status,
-            metrics,
-            readiness,
-            config,
-            incarnation: None,
-        }
+        Self { core, resolver, status, metrics, readiness, config, incarnation: None }
     }
 
     fn feed_metrics(&self) -> &FeedMetrics {
@@ -83,15 +75,8 @@ impl Follower {
 
     /// Follows the feed forever (the caller stops it by dropping the future).
     pub async fn run(mut self) {
-        let mut backoff = Backoff::new(
-            self.config.reconnect_initial_backoff,
-            self.config.reconnect_max_backoff,
-        );
-        let mut pending = Some(if self.config.warm_start {
-            Sync::WarmStart
-        } else {
-            Sync::ColdStart
-        });
+        let mut backoff = Backoff::new(self.config.reconnect_initial_backoff, self.config.reconnect_max_backoff);
+        let mut pending = Some(if self.config.warm_start { Sync::WarmStart } else { Sync::ColdStart });
         loop {
             if let Some(sync) = pending.take() {
                 self.status.mark_down();
@@ -111,11 +96,7 @@ impl Follower {
             self.readiness.set_feed(false).await;
             match end {
                 StreamEnd::Resync(reason) => {
-                    tracing::warn!(
-                        ?reason,
-                        applied = self.status.applied(),
-                        "feed: resync needed"
-                    );
+                    tracing::warn!(?reason, applied = self.status.applied(), "feed: resync needed");
                     pending = Some(Sync::Resync(reason));
                 }
                 StreamEnd::Reconnect(why) => {
@@ -130,85 +111,62 @@ impl Follower {
         }
     }
 
-    /// Brings the stores in step with the core.
+    /// Brings the stores in step with the core. A snapshot from a different incarnation than the
+    /// stores reflect means the core restarted with a new history (its head may even have gone
+    /// backwards, which the stream reports only as OUT_OF_RANGE): then nothing stored is kept.
     async fn sync(&mut self, sync: Sync) -> Result<(), Status> {
+        let started = Instant::now();
+        let page_size = if sync == Sync::ColdStart { 1 } else { self.config.snapshot_page_size.get() };
+        let mut request = ListMerchantsRequest { page_size, page_token: String::new() };
+        let mut page = self.core.list_merchants(request.clone()).await?.into_inner();
+        let (sequence, incarnation) = (page.as_of_sequence, page.incarnation.clone());
         if sync == Sync::ColdStart {
-            let first = self
-                .core
-                .list_merchants(ListMerchantsRequest {
-                    page_size: 1,
-                    page_token: String::new(),
-                })
-                .await?;
-            let first = first.into_inner();
-            self.incarnation = Some(first.incarnation);
-            self.status.restart_at(first.as_of_sequence);
-            tracing::info!(
-                sequence = first.as_of_sequence,
-                "feed: cold start; following changes"
-            );
+            self.incarnation = Some(incarnation);
+            self.status.restart_at(sequence);
+            tracing::info!(sequence, "feed: cold start; following changes");
             return Ok(());
         }
-        let started = Instant::now();
-        if let Sync::Resync(reason) = sync {
-            self.resolver
-                .begin_resync(reason == ResyncReason::CoreRestarted);
+        let restarted = self.incarnation.as_ref().is_some_and(|known| *known != incarnation);
+        let reason = match sync {
+            _ if restarted => Some(ResyncReason::CoreRestarted),
+            Sync::Resync(reason) => Some(reason),
+            Sync::WarmStart | Sync::ColdStart => None,
+        };
+        if let Some(reason) = reason {
+            self.resolver.begin_resync(reason == ResyncReason::CoreRestarted);
         }
         let load_all = sync == Sync::WarmStart || self.config.warm_start;
-        let mut request = ListMerchantsRequest {
-            page_size: self.config.snapshot_page_size.get(),
-            page_token: String::new(),
-        };
-        let mut snapshot: Option<(u64, String)> = None;
         let mut merchants = 0usize;
         loop {
-            let page = self
-                .core
-                .list_merchants(request.clone())
-                .await?
-                .into_inner();
-            let (sequence, incarnation) =
-                snapshot.get_or_insert_with(|| (page.as_of_sequence, page.incarnation.clone()));
-            if *incarnation != page.incarnation {
+            if page.incarnation != incarnation {
                 return Err(Status::aborted("the core restarted during the snapshot"));
             }
-            let sequence = *sequence;
             merchants += page.merchants.len();
-            self.resolver
-                .install_snapshot(page.merchants, page.as_of_sequence, load_all);
+            self.resolver.install_snapshot(page.merchants, page.as_of_sequence, load_all);
             if page.next_page_token.is_empty() {
-                self.resolver.finish_resync(sequence);
                 break;
             }
             request.page_token = page.next_page_token;
+            page = self.core.list_merchants(request.clone()).await?.into_inner();
         }
-        let (sequence, incarnation) = snapshot.expect("at least one page was read");
+        self.resolver.finish_resync(sequence);
         self.incarnation = Some(incarnation);
         self.status.restart_at(sequence);
-        if let Sync::Resync(reason) = sync {
+        if let Some(reason) = reason {
             self.feed_metrics().count_resync(reason);
         }
-        tracing::info!(?sync, merchants, sequence, elapsed = ?started.elapsed(), "feed: snapshot loaded");
+        tracing::info!(?sync, ?reason, merchants, sequence, elapsed = ?started.elapsed(), "feed: snapshot loaded");
         Ok(())
     }
 
     /// Reads one stream until it ends; returns why, and whether it applied anything.
     async fn follow_stream(&mut self) -> (StreamEnd, bool) {
         let after = self.status.applied();
-        let response = match self
-            .core
-            .watch_changes(WatchChangesRequest {
-                after_sequence: after,
-            })
-            .await
-        {
+        let response = match self.core.watch_changes(WatchChangesRequest { after_sequence: after }).await {
             Ok(response) => response,
             Err(status) => return (self.stream_error(&status), false),
         };
-        let announced = response
-            .metadata()
-            .get(INCARNATION_HEADER)
-            .and_then(|value| value.to_str().ok());
+        let announced = response.metadata().get(INCARNATION_HEADER).and_then(|value| value.to_str().ok());
         if let (Some(announced), Some(known)) = (announced, &self.incarnation) {
             if announced != known {
                 return (StreamEnd::Resync(ResyncReason::CoreRestarted), false);
@@ -257,10 +215,7 @@ impl Follower {
     /// Applies one notice if it is the next in sequence; returns whether it was applied (false for a
     /// repeat), or why the stream must end.
     fn apply(&self, notice: &ChangeNotice) -> Result<bool, StreamEnd> {
-        if self
-            .incarnation
-            .as_ref()
-            .is_some_and(|known| !notice.incarnation.is_empty() && *known != notice.incarnation)
+        if self.incarnation.as_ref().is_some_and(|known| !notice.incarnation.is_empty() && *known != notice.incarnation)
         {
             return Err(StreamEnd::Resync(ResyncReason::CoreRestarted));
         }
@@ -280,16 +235,9 @@ impl Follower {
         self.resolver.apply_change(notice);
         self.status.set_applied(notice.sequence);
         self.feed_metrics().notices_applied.inc();
-        if let Some(committed) = notice
-            .committed_at
-            .and_then(|at| SystemTime::try_from(at).ok())
-        {
-            let delay = SystemTime::now()
-                .duration_since(committed)
-                .unwrap_or(Duration::ZERO);
-            self.feed_metrics()
-                .commit_to_apply
-                .observe(delay.as_secs_f64());
+        if let Some(committed) = notice.committed_at.and_then(|at| SystemTime::try_from(at).ok()) {
+            let delay = SystemTime::now().duration_since(committed).unwrap_or(Duration::ZERO);
+            self.feed_metrics().commit_to_apply.observe(delay.as_secs_f64());
         }
         Ok(true)
     }

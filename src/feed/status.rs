@@ -71,9 +71,7 @@ impl FeedStatus {
         self.head.fetch_max(sequence, Ordering::AcqRel);
         if sequence > self.applied() {
             let now = self.encode(Instant::now());
-            let _ =
-                self.behind_since
-                    .compare_exchange(NEVER, now, Ordering::AcqRel, Ordering::Acquire);
+            let _ = self.behind_since.compare_exchange(NEVER, now, Ordering::AcqRel, Ordering::Acquire);
         }
     }
 
@@ -90,9 +88,7 @@ impl FeedStatus {
 
     pub fn mark_down(&self) {
         let now = self.encode(Instant::now());
-        let _ = self
-            .down_since
-            .compare_exchange(NEVER, now, Ordering::AcqRel, Ordering::Acquire);
+        let _ = self.down_since.compare_exchange(NEVER, now, Ordering::AcqRel, Ordering::Acquire);
     }
 
     pub fn down_since(&self) -> Option<Instant> {
@@ -109,10 +105,7 @@ impl FeedStatus {
     pub fn trusts_negative(&self, learned_at: Instant, now: Instant) -> bool {
         match self.down_since() {
             None => true,
-            Some(down_since) => {
-                now.saturating_duration_since(learned_at.max(down_since))
-                    < self.negative_ttl_when_down
-            }
+            Some(down_since) => now.saturating_duration_since(learned_at.max(down_since)) < self.negative_ttl_when_down,
         }
     }
 
@@ -133,17 +126,11 @@ impl FeedStatus {
 
     pub fn lag(&self, now: Instant) -> Lag {
         let notices = self.head().saturating_sub(self.applied());
-        let since = [
-            self.behind_since.load(Ordering::Acquire),
-            self.down_since.load(Ordering::Acquire),
-        ]
-        .into_iter()
-        .filter_map(|nanos| self.decode(nanos))
-        .min();
-        Lag {
-            notices,
-            duration: since.map_or(Duration::ZERO, |since| now.saturating_duration_since(since)),
-        }
+        let since = [self.behind_since.load(Ordering::Acquire), self.down_since.load(Ordering::Acquire)]
+            .into_iter()
+            .filter_map(|nanos| self.decode(nanos))
+            .min();
+        Lag { notices, duration: since.map_or(Duration::ZERO, |since| now.saturating_duration_since(since)) }
     }
 }
 
@@ -159,26 +146,17 @@ mod tests {
         status.mark_connected();
         let learned = Instant::now();
         tokio::time::advance(Duration::from_secs(20)).await;
-        assert!(
-            status.trusts_negative(learned, Instant::now()),
-            "connected: the store's own TTL decides"
-        );
+        assert!(status.trusts_negative(learned, Instant::now()), "connected: the store's own TTL decides");
         status.mark_down();
         assert!(status.trusts_negative(learned, Instant::now()));
         tokio::time::advance(WHEN_DOWN).await;
-        assert!(
-            !status.trusts_negative(learned, Instant::now()),
-            "learned before the outage, trusted 1s into it"
-        );
+        assert!(!status.trusts_negative(learned, Instant::now()), "learned before the outage, trusted 1s into it");
         assert_eq!(status.negative_ttl(Duration::from_secs(30)), WHEN_DOWN);
         let learned_while_down = Instant::now();
         tokio::time::advance(Duration::from_millis(500)).await;
         assert!(status.trusts_negative(learned_while_down, Instant::now()));
         status.mark_connected();
-        assert_eq!(
-            status.negative_ttl(Duration::from_secs(30)),
-            Duration::from_secs(30)
-        );
+        assert_eq!(status.negative_ttl(Duration::from_secs(30)), Duration::from_secs(30));
     }
 
     #[tokio::test(start_paused = true)]
@@ -186,32 +164,16 @@ mod tests {
         let status = FeedStatus::new(WHEN_DOWN);
         status.restart_at(10);
         status.mark_connected();
-        assert_eq!(
-            status.lag(Instant::now()),
-            Lag {
-                notices: 0,
-                duration: Duration::ZERO
-            }
-        );
+        assert_eq!(status.lag(Instant::now()), Lag { notices: 0, duration: Duration::ZERO });
         status.observe_head(14);
         tokio::time::advance(Duration::from_secs(3)).await;
-        assert_eq!(
-            status.lag(Instant::now()),
-            Lag {
-                notices: 4,
-                duration: Duration::from_secs(3)
-            }
-        );
+        assert_eq!(status.lag(Instant::now()), Lag { notices: 4, duration: Duration::from_secs(3) });
         assert!(status.behind_for(Duration::from_secs(3), Instant::now()));
         status.set_applied(14);
         assert_eq!(status.lag(Instant::now()).notices, 0);
         assert!(!status.behind_for(Duration::ZERO, Instant::now()));
         status.mark_down();
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert_eq!(
-            status.lag(Instant::now()).duration,
-            Duration::from_secs(2),
-            "down counts as behind"
-        );
+        assert_eq!(status.lag(Instant::now()).duration, Duration::from_secs(2), "down counts as behind");
     }
 }

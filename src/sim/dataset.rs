@@ -107,10 +107,7 @@ pub fn synthetic_merchant(index: u64) -> Merchant {
         city: city.to_owned(),
         status: synthetic_status(index) as i32,
         version: 1,
-        updated_at: Some(Timestamp {
-            seconds: EPOCH_SECONDS + ((mix >> 40) % 31_536_000) as i64,
-            nanos: 0,
-        }),
+        updated_at: Some(Timestamp { seconds: EPOCH_SECONDS + ((mix >> 40) % 31_536_000) as i64, nanos: 0 }),
     }
 }
 
@@ -138,8 +135,7 @@ mod tests {
     #[test]
     fn merchants_are_deterministic_and_varied() {
         assert_eq!(synthetic_merchant(7), synthetic_merchant(7));
-        let names: std::collections::HashSet<_> =
-            (0..50).map(|i| synthetic_merchant(i).name).collect();
+        let names: std::collections::HashSet<_> = (0..50).map(|i| synthetic_merchant(i).name).collect();
         assert!(names.len() > 40, "names should vary: {names:?}");
         assert_eq!(synthetic_merchant(42).version, 1);
     }
@@ -149,9 +145,7 @@ mod tests {
         assert_eq!(synthetic_status(97), MerchantStatus::PendingReview);
         assert_eq!(synthetic_status(98), MerchantStatus::Suspended);
         assert_eq!(synthetic_status(99), MerchantStatus::Closed);
-        let inactive = (0..10_000)
-            .filter(|&i| synthetic_status(i) != MerchantStatus::Active)
-            .count();
+        let inactive = (0..10_000).filter(|&i| synthetic_status(i) != MerchantStatus::Active).count();
         assert_eq!(inactive, 300);
     }
 }

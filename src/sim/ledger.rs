@@ -23,11 +23,7 @@ pub enum LedgerError {
         "after_sequence {requested} is outside the kept history ({oldest_resumable}..={head}): \
          resync from ListMerchants and resume from its as_of_sequence"
     )]
-    OutOfHistory {
-        requested: u64,
-        oldest_resumable: u64,
-        head: u64,
-    },
+    OutOfHistory { requested: u64, oldest_resumable: u64, head: u64 },
 }
 
 /// A merchant changed on top of the base data set.
@@ -120,19 +116,13 @@ impl Ledger {
     pub fn page(&self, after: &str, limit: usize) -> Page {
         let state = self.state.read();
         let mut base = self.first_base_index_after(after);
-        let mut changed = state
-            .changed
-            .range::<str, _>((Bound::Excluded(after), Bound::Unbounded))
-            .peekable();
+        let mut changed = state.changed.range::<str, _>((Bound::Excluded(after), Bound::Unbounded)).peekable();
         let mut merchants = Vec::with_capacity(limit.min(10_000));
         while merchants.len() < limit {
             let base_id = (base < self.base_count).then(|| synthetic_id(base));
             let (take_base, replaces_base) = match (&base_id, changed.peek()) {
                 (None, None) => break,
-                (Some(base_id), Some((id, _))) => (
-                    id.as_str() > base_id.as_str(),
-                    id.as_str() == base_id.as_str(),
-                ),
+                (Some(base_id), Some((id, _))) => (id.as_str() > base_id.as_str(), id.as_str() == base_id.as_str()),
                 (Some(_), None) => (true, false),
                 (None, Some(_)) => (false, false),
             };
@@ -150,11 +140,7 @@ impl Ledger {
         }
         let more = base < self.base_count || changed.peek().is_some();
         Page {
-            next_after: if more {
-                merchants.last().map(|m| m.merchant_id.clone())
-            } else {
-                None
-            },
+            next_after: if more { merchants.last().map(|m| m.merchant_id.clone()) } else { None },
             merchants,
             as_of_sequence: state.head,
         }
@@ -199,39 +185,18 @@ impl Ledger {
         let committed_at = SystemTime::now();
         merchant.version = previous_version.map_or(1, |v| v + 1);
         merchant.updated_at = Some(committed_at.into());
-        state
-            .changed
-            .insert(merchant.merchant_id.clone(), Slot::Live(merchant.clone()));
-        Ok(self.commit(
-            state,
-            merchant.merchant_id.clone(),
-            ChangeKind::Upsert,
-            Some(merchant),
-            committed_at,
-        ))
+        state.changed.insert(merchant.merchant_id.clone(), Slot::Live(merchant.clone()));
+        Ok(self.commit(state, merchant.merchant_id.clone(), ChangeKind::Upsert, Some(merchant), committed_at))
     }
 
     /// Removes a merchant.
     pub fn delete(&self, id: &str) -> Result<ChangeNotice, LedgerError> {
         check_id(id)?;
         let mut state = self.state.write();
-        let existing = self
-            .current(&state, id)
-            .ok_or_else(|| LedgerError::UnknownMerchant(id.to_owned()))?;
-        state.changed.insert(
-            id.to_owned(),
-            Slot::Deleted {
-                last_version: existing.version,
-            },
-        );
+        let existing = self.current(&state, id).ok_or_else(|| LedgerError::UnknownMerchant(id.to_owned()))?;
+        state.changed.insert(id.to_owned(), Slot::Deleted { last_version: existing.version });
         state.merchants -= 1;
-        Ok(self.commit(
-            &mut state,
-            id.to_owned(),
-            ChangeKind::Delete,
-            None,
-            SystemTime::now(),
-        ))
+        Ok(self.commit(&mut state, id.to_owned(), ChangeKind::Delete, None, SystemTime::now()))
     }
 
     fn commit(
@@ -261,28 +226,14 @@ impl Ledger {
 
     /// Up to `limit` changes with sequences greater than `after`, in order. Fails when `after` is older
     /// than the kept history or ahead of the head (a subscriber from an earlier incarnation).
-    pub fn changes_after(
-        &self,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<ChangeNotice>, LedgerError> {
+    pub fn changes_after(&self, after: u64, limit: usize) -> Result<Vec<ChangeNotice>, LedgerError> {
         let state = self.state.read();
         let oldest_resumable = state.history.front().map_or(state.head, |n| n.sequence - 1);
         if after < oldest_resumable || after > state.head {
-            return Err(LedgerError::OutOfHistory {
-                requested: after,
-                oldest_resumable,
-                head: state.head,
-            });
+            return Err(LedgerError::OutOfHistory { requested: after, oldest_resumable, head: state.head });
         }
         let skip = (after - oldest_resumable) as usize;
-        Ok(state
-            .history
-            .iter()
-            .skip(skip)
-            .take(limit)
-            .cloned()
-            .collect())
+        Ok(state.history.iter().skip(skip).take(limit).cloned().collect())
     }
 }
 
@@ -295,9 +246,7 @@ fn check_id(id: &str) -> Result<(), LedgerError> {
 
 /// A name for this run of the history, distinct across restarts.
 fn new_incarnation() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     format!("{:x}-{:x}", nanos, std::process::id())
 }
 
@@ -306,18 +255,11 @@ mod tests {
     use super::*;
 
     fn merchant(id: &str, name: &str) -> Merchant {
-        Merchant {
-            merchant_id: id.into(),
-            name: name.into(),
-            ..Default::default()
-        }
+        Merchant { merchant_id: id.into(), name: name.into(), ..Default::default() }
     }
 
     fn ids(page: &Page) -> Vec<&str> {
-        page.merchants
-            .iter()
-            .map(|m| m.merchant_id.as_str())
-            .collect()
+        page.merchants.iter().map(|m| m.merchant_id.as_str()).collect()
     }
 
     #[test]
@@ -333,13 +275,8 @@ mod tests {
     #[test]
     fn versions_grow_across_change_delete_and_recreate() {
         let ledger = Ledger::new(100, 10);
-        let changed = ledger
-            .upsert(merchant("898000000000042", "Renamed"))
-            .unwrap();
-        assert_eq!(
-            (changed.sequence, changed.merchant.unwrap().version),
-            (1, 2)
-        );
+        let changed = ledger.upsert(merchant("898000000000042", "Renamed")).unwrap();
+        assert_eq!((changed.sequence, changed.merchant.unwrap().version), (1, 2));
         let deleted = ledger.delete("898000000000042").unwrap();
         assert_eq!(deleted.kind, ChangeKind::Delete as i32);
         assert!(ledger.get("898000000000042").0.is_none());
@@ -348,28 +285,18 @@ mod tests {
         assert_eq!(recreated.merchant.unwrap().version, 3);
         let onboarded = ledger.upsert(merchant("898999999999999", "New")).unwrap();
         assert_eq!(onboarded.merchant.as_ref().unwrap().version, 1);
-        assert_eq!(
-            onboarded.merchant.unwrap().status,
-            MerchantStatus::Active as i32
-        );
+        assert_eq!(onboarded.merchant.unwrap().status, MerchantStatus::Active as i32);
         assert_eq!(ledger.merchants(), 101);
-        assert_eq!(
-            ledger.delete("123"),
-            Err(LedgerError::UnknownMerchant("123".into()))
-        );
+        assert_eq!(ledger.delete("123"), Err(LedgerError::UnknownMerchant("123".into())));
     }
 
     #[test]
     fn pages_merge_base_and_changes_in_id_order() {
         let ledger = Ledger::new(5, 10);
         ledger.delete("898000000000001").unwrap();
-        ledger
-            .upsert(merchant("898000000000002", "Changed"))
-            .unwrap();
+        ledger.upsert(merchant("898000000000002", "Changed")).unwrap();
         ledger.upsert(merchant("1", "Sorts first")).unwrap();
-        ledger
-            .upsert(merchant("898000000000002x", "Between 2 and 3"))
-            .unwrap();
+        ledger.upsert(merchant("898000000000002x", "Between 2 and 3")).unwrap();
         ledger.upsert(merchant("9", "Sorts last")).unwrap();
         let mut all = Vec::new();
         let mut after = String::new();
@@ -384,15 +311,7 @@ mod tests {
         }
         assert_eq!(
             all,
-            [
-                "1",
-                "898000000000000",
-                "898000000000002",
-                "898000000000002x",
-                "898000000000003",
-                "898000000000004",
-                "9"
-            ]
+            ["1", "898000000000000", "898000000000002", "898000000000002x", "898000000000003", "898000000000004", "9"]
         );
         assert_eq!(ledger.page("", 10).merchants[2].name, "Changed");
     }
@@ -403,25 +322,11 @@ mod tests {
         for i in 0..5 {
             ledger.upsert(merchant(&synthetic_id(i), "x")).unwrap();
         }
-        let seqs: Vec<u64> = ledger
-            .changes_after(2, 10)
-            .unwrap()
-            .iter()
-            .map(|n| n.sequence)
-            .collect();
+        let seqs: Vec<u64> = ledger.changes_after(2, 10).unwrap().iter().map(|n| n.sequence).collect();
         assert_eq!(seqs, [3, 4, 5]);
         assert!(ledger.changes_after(5, 10).unwrap().is_empty());
-        assert!(matches!(
-            ledger.changes_after(1, 10),
-            Err(LedgerError::OutOfHistory {
-                oldest_resumable: 2,
-                ..
-            })
-        ));
-        assert!(matches!(
-            ledger.changes_after(6, 10),
-            Err(LedgerError::OutOfHistory { head: 5, .. })
-        ));
+        assert!(matches!(ledger.changes_after(1, 10), Err(LedgerError::OutOfHistory { oldest_resumable: 2, .. })));
+        assert!(matches!(ledger.changes_after(6, 10), Err(LedgerError::OutOfHistory { head: 5, .. })));
         assert_eq!(ledger.changes_after(3, 1).unwrap()[0].sequence, 4);
     }
 }

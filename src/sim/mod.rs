@@ -28,9 +28,7 @@ pub struct Simulator {
 impl Simulator {
     /// A core holding synthetic merchants `0..merchants`, keeping the last `history` changes.
     pub fn new(merchants: u64, history: usize) -> Self {
-        Self {
-            state: SimState::new(Ledger::new(merchants, history)),
-        }
+        Self { state: SimState::new(Ledger::new(merchants, history)) }
     }
 
     pub fn ledger(&self) -> &Ledger {
@@ -49,9 +47,12 @@ impl Simulator {
             .expect("the embedded descriptor set is valid");
         tonic::transport::Server::builder()
             .add_service(MerchantCoreServer::new(CoreService(self.state.clone())))
-            .add_service(CoreAdminServer::new(AdminService(self.state)))
+            .add_service(CoreAdminServer::new(AdminService(self.state.clone())))
             .add_service(reflection)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                shutdown.await;
+                self.state.close_streams();
+            })
             .await
     }
 }

@@ -11,9 +11,9 @@ use super::ledger::{Ledger, LedgerError};
 use crate::pb::core_admin_server::CoreAdmin;
 use crate::pb::merchant_core_server::MerchantCore;
 use crate::pb::{
-    ChangeNotice, ChangeResponse, DeleteMerchantRequest, GetMerchantRequest, GetMerchantResponse,
-    GetStatsRequest, GetStatsResponse, ListMerchantsRequest, ListMerchantsResponse,
-    SetFaultsRequest, SetFaultsResponse, UpsertMerchantRequest, WatchChangesRequest,
+    ChangeNotice, ChangeResponse, DeleteMerchantRequest, GetMerchantRequest, GetMerchantResponse, GetStatsRequest,
+    GetStatsResponse, ListMerchantsRequest, ListMerchantsResponse, SetFaultsRequest, SetFaultsResponse,
+    UpsertMerchantRequest, WatchChangesRequest,
 };
 use crate::upstream::INCARNATION_HEADER;
 
@@ -46,6 +46,8 @@ pub struct SimState {
     pub ledger: Ledger,
     faults: watch::Sender<Faults>,
     counters: Counters,
+    /// Set when the server shuts down, so open change streams end instead of holding the drain.
+    closing: watch::Sender<bool>,
 }
 
 impl SimState {
@@ -54,7 +56,13 @@ impl SimState {
             ledger,
             faults: watch::Sender::new(Faults::default()),
             counters: Counters::default(),
+            closing: watch::Sender::new(false),
         })
+    }
+
+    /// Ends every open change stream (the server is shutting down).
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
     }
 
     fn settings(&self) -> SetFaultsRequest {
@@ -66,18 +74,18 @@ impl SimState {
             return false;
         }
         let step = (error_rate.min(1.0) * 1e6) as u64;
-        let before = self
-            .counters
-            .error_budget_millionths
-            .fetch_add(step, Ordering::Relaxed);
+        let before = self.counters.error_budget_millionths.fetch_add(step, Ordering::Relaxed);
         (before + step) / 1_000_000 > before / 1_000_000
     }
 
-    /// What a slow network adds after the core has read its answer.
-    async fn network_delay(&self) {
-        let latency = self.settings().latency_ms;
-        if latency > 0 {
-            tokio::time::sleep(Duration::from_millis(latency.into())).await;
+    /// What a slow network (or a hung core) adds after the core has read its answer.
+    async fn deliver_late(&self, settings: &SetFaultsRequest) {
+        if settings.latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(settings.latency_ms.into())).await;
+        }
+        if settings.hang {
+            let mut faults = self.faults.subscribe();
+            let _ = faults.wait_for(|f| !f.settings.hang).await;
         }
     }
 }
@@ -100,27 +108,15 @@ impl MerchantCore for CoreService {
         request: Request<GetMerchantRequest>,
     ) -> Result<Response<GetMerchantResponse>, Status> {
         let sim = &self.0;
-        sim.counters
-            .get_merchant_calls
-            .fetch_add(1, Ordering::Relaxed);
+        sim.counters.get_merchant_calls.fetch_add(1, Ordering::Relaxed);
         let settings = sim.settings();
         let (merchant, as_of_sequence) = sim.ledger.get(&request.get_ref().merchant_id);
-        sim.network_delay().await;
-        if settings.hang {
-            let mut faults = sim.faults.subscribe();
-            let _ = faults.wait_for(|f| !f.settings.hang).await;
-        }
+        sim.deliver_late(&settings).await;
         if sim.should_inject_error(settings.error_rate) {
             sim.counters.injected_errors.fetch_add(1, Ordering::Relaxed);
-            return Err(Status::unavailable(
-                "core-sim: injected error (SetFaults.error_rate)",
-            ));
+            return Err(Status::unavailable("core-sim: injected error (SetFaults.error_rate)"));
         }
-        Ok(Response::new(GetMerchantResponse {
-            found: merchant.is_some(),
-            merchant,
-            as_of_sequence,
-        }))
+        Ok(Response::new(GetMerchantResponse { found: merchant.is_some(), merchant, as_of_sequence }))
     }
 
     async fn list_merchants(
@@ -128,16 +124,15 @@ impl MerchantCore for CoreService {
         request: Request<ListMerchantsRequest>,
     ) -> Result<Response<ListMerchantsResponse>, Status> {
         let sim = &self.0;
-        sim.counters
-            .list_merchants_calls
-            .fetch_add(1, Ordering::Relaxed);
+        sim.counters.list_merchants_calls.fetch_add(1, Ordering::Relaxed);
         let request = request.into_inner();
         let page_size = match request.page_size as usize {
             0 => DEFAULT_PAGE_SIZE,
             n => n.min(MAX_PAGE_SIZE),
         };
+        let settings = sim.settings();
         let page = sim.ledger.page(&request.page_token, page_size);
-        sim.network_delay().await;
+        sim.deliver_late(&settings).await;
         Ok(Response::new(ListMerchantsResponse {
             merchants: page.merchants,
             next_page_token: page.next_after.unwrap_or_default(),
@@ -156,41 +151,28 @@ impl MerchantCore for CoreService {
         let after = request.get_ref().after_sequence;
         sim.ledger.changes_after(after, 0).map_err(ledger_status)?;
         if sim.settings().drop_streams {
-            return Err(Status::unavailable(
-                "core-sim: streams are being dropped (SetFaults.drop_streams)",
-            ));
+            return Err(Status::unavailable("core-sim: streams are being dropped (SetFaults.drop_streams)"));
         }
-        sim.counters
-            .watch_streams_opened
-            .fetch_add(1, Ordering::Relaxed);
+        sim.counters.watch_streams_opened.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(STREAM_BATCH);
         tokio::spawn(async move {
-            sim.counters
-                .watch_streams_open
-                .fetch_add(1, Ordering::Relaxed);
+            sim.counters.watch_streams_open.fetch_add(1, Ordering::Relaxed);
             stream_changes(&sim, after, &tx).await;
-            sim.counters
-                .watch_streams_open
-                .fetch_sub(1, Ordering::Relaxed);
+            sim.counters.watch_streams_open.fetch_sub(1, Ordering::Relaxed);
         });
         let mut response = Response::new(ReceiverStream::new(rx));
         if let Ok(incarnation) = self.0.ledger.incarnation().parse() {
-            response
-                .metadata_mut()
-                .insert(INCARNATION_HEADER, incarnation);
+            response.metadata_mut().insert(INCARNATION_HEADER, incarnation);
         }
         Ok(response)
     }
 }
 
 /// Sends every change after `after`, then live ones, until the subscriber leaves or a fault ends it.
-async fn stream_changes(
-    sim: &SimState,
-    mut after: u64,
-    tx: &mpsc::Sender<Result<ChangeNotice, Status>>,
-) {
+async fn stream_changes(sim: &SimState, mut after: u64, tx: &mpsc::Sender<Result<ChangeNotice, Status>>) {
     let mut head = sim.ledger.subscribe_head();
     let mut faults = sim.faults.subscribe();
+    let mut closing = sim.closing.subscribe();
     let mut gaps_seen = faults.borrow_and_update().gap_requests;
     let mut skip_left = 0u32;
     loop {
@@ -206,16 +188,16 @@ async fn stream_changes(
                 changed = head.changed() => if changed.is_err() { return },
                 changed = faults.changed() => if changed.is_err() { return },
                 () = tx.closed() => return,
+                () = async { drop(closing.wait_for(|closing| *closing).await) } => {
+                    let _ = tx.send(Err(Status::unavailable("core-sim: shutting down"))).await;
+                    return;
+                }
             }
         }
         for notice in batch {
             let current = faults.borrow_and_update().clone();
             if current.settings.drop_streams {
-                let _ = tx
-                    .send(Err(Status::unavailable(
-                        "core-sim: stream dropped (SetFaults.drop_streams)",
-                    )))
-                    .await;
+                let _ = tx.send(Err(Status::unavailable("core-sim: stream dropped (SetFaults.drop_streams)"))).await;
                 return;
             }
             if current.gap_requests > gaps_seen {
@@ -228,16 +210,9 @@ async fn stream_changes(
                 continue;
             }
             if current.settings.notice_delay_ms > 0 {
-                tokio::time::sleep(Duration::from_millis(
-                    current.settings.notice_delay_ms.into(),
-                ))
-                .await;
+                tokio::time::sleep(Duration::from_millis(current.settings.notice_delay_ms.into())).await;
             }
-            let copies = if current.settings.duplicate_notices {
-                2
-            } else {
-                1
-            };
+            let copies = if current.settings.duplicate_notices { 2 } else { 1 };
             for _ in 0..copies {
                 if tx.send(Ok(notice.clone())).await.is_err() {
                     return;
@@ -245,11 +220,7 @@ async fn stream_changes(
             }
         }
         if faults.borrow().settings.drop_streams {
-            let _ = tx
-                .send(Err(Status::unavailable(
-                    "core-sim: stream dropped (SetFaults.drop_streams)",
-                )))
-                .await;
+            let _ = tx.send(Err(Status::unavailable("core-sim: stream dropped (SetFaults.drop_streams)"))).await;
             return;
         }
     }
@@ -264,41 +235,23 @@ impl CoreAdmin for AdminService {
         &self,
         request: Request<UpsertMerchantRequest>,
     ) -> Result<Response<ChangeResponse>, Status> {
-        let merchant = request
-            .into_inner()
-            .merchant
-            .ok_or_else(|| Status::invalid_argument("merchant is required"))?;
+        let merchant = request.into_inner().merchant.ok_or_else(|| Status::invalid_argument("merchant is required"))?;
         let notice = self.0.ledger.upsert(merchant).map_err(ledger_status)?;
-        Ok(Response::new(ChangeResponse {
-            sequence: notice.sequence,
-            merchant: notice.merchant,
-        }))
+        Ok(Response::new(ChangeResponse { sequence: notice.sequence, merchant: notice.merchant }))
     }
 
     async fn delete_merchant(
         &self,
         request: Request<DeleteMerchantRequest>,
     ) -> Result<Response<ChangeResponse>, Status> {
-        let notice = self
-            .0
-            .ledger
-            .delete(&request.get_ref().merchant_id)
-            .map_err(ledger_status)?;
-        Ok(Response::new(ChangeResponse {
-            sequence: notice.sequence,
-            merchant: None,
-        }))
+        let notice = self.0.ledger.delete(&request.get_ref().merchant_id).map_err(ledger_status)?;
+        Ok(Response::new(ChangeResponse { sequence: notice.sequence, merchant: None }))
     }
 
-    async fn set_faults(
-        &self,
-        request: Request<SetFaultsRequest>,
-    ) -> Result<Response<SetFaultsResponse>, Status> {
+    async fn set_faults(&self, request: Request<SetFaultsRequest>) -> Result<Response<SetFaultsResponse>, Status> {
         let settings = request.into_inner();
         if !(0.0..=1.0).contains(&settings.error_rate) {
-            return Err(Status::invalid_argument(
-                "error_rate must be between 0.0 and 1.0",
-            ));
+            return Err(Status::invalid_argument("error_rate must be between 0.0 and 1.0"));
         }
         self.0.faults.send_modify(|faults| {
             if settings.skip_notices > 0 {
@@ -306,15 +259,10 @@ impl CoreAdmin for AdminService {
             }
             faults.settings = settings;
         });
-        Ok(Response::new(SetFaultsResponse {
-            active: Some(settings),
-        }))
+        Ok(Response::new(SetFaultsResponse { active: Some(settings) }))
     }
 
-    async fn get_stats(
-        &self,
-        _request: Request<GetStatsRequest>,
-    ) -> Result<Response<GetStatsResponse>, Status> {
+    async fn get_stats(&self, _request: Request<GetStatsRequest>) -> Result<Response<GetStatsResponse>, Status> {
         let sim = &self.0;
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         Ok(Response::new(GetStatsResponse {

@@ -8,9 +8,7 @@ use std::time::Duration;
 use merchant_edge::config::{Config, UpstreamEndpoint};
 use merchant_edge::pb::core_admin_client::CoreAdminClient;
 use merchant_edge::pb::merchant_lookup_client::MerchantLookupClient;
-use merchant_edge::pb::{
-    GetStatsRequest, GetStatsResponse, LookupRequest, LookupResponse, SetFaultsRequest,
-};
+use merchant_edge::pb::{GetStatsRequest, GetStatsResponse, LookupRequest, LookupResponse, SetFaultsRequest};
 use merchant_edge::server::{Edge, RunningEdge};
 use merchant_edge::sim::Simulator;
 use tokio::net::TcpListener;
@@ -23,15 +21,11 @@ pub const UNKNOWN: &str = "898999999999999";
 
 /// `id` typed on a CJK keyboard: each ASCII digit as its full-width form (０-９).
 pub fn full_width(id: &str) -> String {
-    id.chars()
-        .map(|c| char::from_u32(c as u32 + 0xFEE0).unwrap())
-        .collect()
+    id.chars().map(|c| char::from_u32(c as u32 + 0xFEE0).unwrap()).collect()
 }
 
 pub async fn loopback() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind 127.0.0.1:0")
+    TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0")
 }
 
 /// A simulator serving on loopback.
@@ -52,17 +46,9 @@ impl Core {
         let (stop, stopped) = oneshot::channel::<()>();
         let serving = simulator.clone();
         let task = tokio::spawn(async move {
-            serving
-                .serve(listener, async { drop(stopped.await) })
-                .await
-                .expect("core-sim serves");
+            serving.serve(listener, async { drop(stopped.await) }).await.expect("core-sim serves");
         });
-        Self {
-            addr,
-            simulator,
-            stop: Some(stop),
-            task: Some(task),
-        }
+        Self { addr, simulator, stop: Some(stop), task: Some(task) }
     }
 
     pub fn url(&self) -> String {
@@ -70,18 +56,11 @@ impl Core {
     }
 
     pub async fn admin(&self) -> CoreAdminClient<Channel> {
-        CoreAdminClient::connect(self.url())
-            .await
-            .expect("connect to core admin")
+        CoreAdminClient::connect(self.url()).await.expect("connect to core admin")
     }
 
     pub async fn stats(&self) -> GetStatsResponse {
-        self.admin()
-            .await
-            .get_stats(GetStatsRequest {})
-            .await
-            .unwrap()
-            .into_inner()
+        self.admin().await.get_stats(GetStatsRequest {}).await.unwrap().into_inner()
     }
 
     pub async fn set_faults(&self, faults: SetFaultsRequest) {
@@ -111,28 +90,15 @@ pub fn edge_config(core_url: &str) -> Config {
 }
 
 pub async fn start_edge(config: Config) -> RunningEdge {
-    Edge::with_listeners(config, loopback().await, loopback().await)
-        .start()
-        .await
-        .expect("edge starts")
+    Edge::with_listeners(config, loopback().await, loopback().await).start().await.expect("edge starts")
 }
 
 pub async fn client(edge: &RunningEdge) -> MerchantLookupClient<Channel> {
-    MerchantLookupClient::connect(format!("http://{}", edge.grpc_addr))
-        .await
-        .expect("connect to edge")
+    MerchantLookupClient::connect(format!("http://{}", edge.grpc_addr)).await.expect("connect to edge")
 }
 
-pub async fn lookup(
-    client: &mut MerchantLookupClient<Channel>,
-    id: &str,
-) -> Result<LookupResponse, tonic::Status> {
-    client
-        .lookup(LookupRequest {
-            merchant_id: id.to_owned(),
-        })
-        .await
-        .map(|r| r.into_inner())
+pub async fn lookup(client: &mut MerchantLookupClient<Channel>, id: &str) -> Result<LookupResponse, tonic::Status> {
+    client.lookup(LookupRequest { merchant_id: id.to_owned() }).await.map(|r| r.into_inner())
 }
 
 /// Moves tokio's clock forward without sleeping. The clock is paused only for the jump, so the
@@ -167,10 +133,7 @@ where
         if let Some(value) = attempt().await {
             return value;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -183,23 +146,12 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
+    let status = response.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
     (status, body)
 }
 
 /// A connected channel to a loopback server, for clients generated without a `connect` helper.
 pub async fn channel(addr: SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect")
+    Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.expect("connect")
 }
