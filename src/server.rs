@@ -116,14 +116,7 @@ impl Edge {
             Ok(())
         });
 
-        let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        };
-        // Both versions: older ghz, grpcurl and Postman speak only v1alpha.
-        let reflection_v1 = reflection().build_v1().expect("the embedded descriptor sets are valid");
-        let reflection_v1alpha = reflection().build_v1alpha().expect("the embedded descriptor sets are valid");
+        let (reflection_v1, reflection_v1alpha) = crate::pb::reflection_services();
         let max_request = config.server.max_request_bytes.get() as usize;
         let lookup = MerchantLookupServer::new(LookupService::new(
             resolver.clone(),

@@ -41,14 +41,12 @@ impl Simulator {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .expect("the embedded descriptor set is valid");
+        let (reflection_v1, reflection_v1alpha) = crate::pb::reflection_services();
         tonic::transport::Server::builder()
             .add_service(MerchantCoreServer::new(CoreService(self.state.clone())))
             .add_service(CoreAdminServer::new(AdminService(self.state.clone())))
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 shutdown.await;
                 self.state.close_streams();
