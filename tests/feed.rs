@@ -71,26 +71,34 @@ async fn wait_caught_up(edge: &RunningEdge, core: &Core) {
     .await;
 }
 
+/// The race of the design notes, made deterministic: a lookup of `id` misses and the core reads its
+/// answer, which is held on the way back; meanwhile `change` commits at the core and its notice is
+/// applied; then the late answer arrives. Returns the late answer and the change's sequence.
+async fn hold_a_fill_across(
+    core: &Core,
+    edge: &RunningEdge,
+    id: &str,
+    change: impl std::future::Future<Output = u64>,
+) -> (LookupResponse, u64) {
+    core.set_faults(SetFaultsRequest { hang: true, ..Default::default() }).await;
+    let mut racing = client(edge).await;
+    let id = id.to_owned();
+    let in_flight = tokio::spawn(async move { lookup(&mut racing, &id).await });
+    wait_until("the core has read the merchant", || async { core.stats().await.get_merchant_calls == 1 }).await;
+    let sequence = change.await;
+    wait_applied(edge, sequence).await;
+    core.set_faults(SetFaultsRequest::default()).await;
+    (in_flight.await.unwrap().unwrap(), sequence)
+}
+
 #[tokio::test]
 async fn a_not_found_in_flight_cannot_outlive_the_onboarding_notice() {
     let core = Core::start(1000).await;
     let edge = following_edge(&core, |_| {}).await;
-    let mut client = client(&edge).await;
-
-    // 1. A lookup misses and the core reads "not found"; its answer is held on the way back.
-    core.set_faults(SetFaultsRequest { hang: true, ..Default::default() }).await;
-    let mut racing = client.clone();
-    let in_flight = tokio::spawn(async move { lookup(&mut racing, NEW).await });
-    wait_until("the core has read the merchant", || async { core.stats().await.get_merchant_calls == 1 }).await;
-    // 2. The merchant is onboarded and its notice applied.
-    let sequence = upsert(&core, NEW, "Just Onboarded").await;
-    wait_applied(&edge, sequence).await;
-    // 3. The late "not found" arrives.
-    core.set_faults(SetFaultsRequest::default()).await;
-    let late = in_flight.await.unwrap().unwrap();
+    let (late, sequence) = hold_a_fill_across(&core, &edge, NEW, upsert(&core, NEW, "Just Onboarded")).await;
     assert!(!late.found, "the lookup that overlapped the onboarding may see the older answer");
 
-    let after = lookup(&mut client, NEW).await.unwrap();
+    let after = lookup(&mut client(&edge).await, NEW).await.unwrap();
     assert!(after.found, "a lookup after the notice must never be answered from the stale not-found");
     assert_eq!(source(&after), Source::Cache, "the notice installed the merchant");
     assert_eq!(after.provenance.unwrap().as_of_sequence, sequence);
@@ -102,18 +110,10 @@ async fn a_not_found_in_flight_cannot_outlive_the_onboarding_notice() {
 async fn a_found_in_flight_cannot_outlive_the_delete_notice() {
     let core = Core::start(1000).await;
     let edge = following_edge(&core, |_| {}).await;
-    let mut client = client(&edge).await;
+    let (late, sequence) = hold_a_fill_across(&core, &edge, KNOWN, delete(&core, KNOWN)).await;
+    assert!(late.found);
 
-    core.set_faults(SetFaultsRequest { hang: true, ..Default::default() }).await;
-    let mut racing = client.clone();
-    let in_flight = tokio::spawn(async move { lookup(&mut racing, KNOWN).await });
-    wait_until("the core has read the merchant", || async { core.stats().await.get_merchant_calls == 1 }).await;
-    let sequence = delete(&core, KNOWN).await;
-    wait_applied(&edge, sequence).await;
-    core.set_faults(SetFaultsRequest::default()).await;
-    assert!(in_flight.await.unwrap().unwrap().found);
-
-    let after = lookup(&mut client, KNOWN).await.unwrap();
+    let after = lookup(&mut client(&edge).await, KNOWN).await.unwrap();
     assert!(!after.found, "the deleted merchant must not come back from the late fill");
     assert_eq!(source(&after), Source::NegativeCache);
     assert_eq!(after.provenance.unwrap().as_of_sequence, sequence);
