@@ -303,13 +303,11 @@ impl Config {
                 problems.push((key, "must be longer than 0s".to_owned()));
             }
         }
-        for (key, value) in [
-            ("feed.reconnect_initial_backoff", self.feed.reconnect_initial_backoff),
-            ("feed.stall_timeout", self.feed.stall_timeout),
-        ] {
-            if value.is_zero() {
-                problems.push((key, "must be longer than 0s".to_owned()));
-            }
+        if self.feed.reconnect_initial_backoff.is_zero() {
+            problems.push(("feed.reconnect_initial_backoff", "must be longer than 0s".to_owned()));
+        }
+        if self.feed.stall_timeout < Duration::from_millis(100) {
+            problems.push(("feed.stall_timeout", "must be at least 100ms".to_owned()));
         }
         if self.feed.reconnect_max_backoff < self.feed.reconnect_initial_backoff {
             problems.push((

@@ -6,11 +6,14 @@
 //! lock the fill must hold to install), so a fill that began before the notice can no longer install
 //! its answer; and lookups that start after the notice do not join it but start a fresh fill. A fill
 //! also refuses to install an answer whose `as_of_sequence` is older than the notices the edge had
-//! applied when it began (a core replica lagging behind its own change feed).
+//! applied when it began (a core replica lagging behind its own change feed), and one that began before
+//! the latest resync (its answer may predate changes the resync skipped over, or come from a core
+//! history that no longer exists).
 use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
+use parking_lot::RwLock;
 use tokio::sync::watch;
 
 use crate::upstream::{CoreAnswer, UpstreamError};
@@ -22,6 +25,8 @@ pub struct Fill {
     outcome: watch::Sender<Option<FillOutcome>>,
     /// The edge's applied notice sequence when the fill began.
     pub started_after_sequence: u64,
+    /// The resync epoch the fill began in.
+    epoch: u64,
 }
 
 impl Fill {
@@ -47,6 +52,8 @@ pub enum Role {
 #[derive(Default)]
 pub struct Fills {
     in_flight: DashMap<Arc<str>, Arc<Fill>>,
+    /// Advanced by every resync. Installs hold it for reading, so none can straddle an advance.
+    epoch: RwLock<u64>,
 }
 
 impl Fills {
@@ -58,31 +65,50 @@ impl Fills {
         match self.in_flight.entry(Arc::from(id)) {
             Entry::Occupied(existing) => Role::Follower(existing.get().clone()),
             Entry::Vacant(slot) => {
-                let fill =
-                    Arc::new(Fill { outcome: watch::Sender::new(None), started_after_sequence: applied_sequence });
+                let fill = Arc::new(Fill {
+                    outcome: watch::Sender::new(None),
+                    started_after_sequence: applied_sequence,
+                    epoch: *self.epoch.read(),
+                });
                 slot.insert(fill.clone());
                 Role::Leader(fill)
             }
         }
     }
 
-    /// Ends a fill: if it still holds its slot and its answer is not older than what the edge had
-    /// applied, runs `install` while holding the slot's lock; then hands the outcome to every waiter.
-    /// Returns whether the answer was installed.
-    pub fn finish(&self, id: &str, fill: &Arc<Fill>, outcome: FillOutcome, install: impl FnOnce(&CoreAnswer)) -> bool {
+    /// Ends a fill: if it still holds its slot, began in the current epoch and its answer is not older
+    /// than what the edge had applied, runs `install` (which says whether it stored anything) while
+    /// holding the slot's lock; then hands the outcome to every waiter. Returns whether it installed.
+    pub fn finish(
+        &self,
+        id: &str,
+        fill: &Arc<Fill>,
+        outcome: FillOutcome,
+        install: impl FnOnce(&CoreAnswer) -> bool,
+    ) -> bool {
         let mut installed = false;
         self.in_flight.remove_if(id, |_, holder| {
             let holds_slot = Arc::ptr_eq(holder, fill);
             if let (true, Ok(answer)) = (holds_slot, &outcome) {
-                if answer.as_of_sequence >= fill.started_after_sequence {
-                    install(answer);
-                    installed = true;
+                let epoch = self.epoch.read();
+                if *epoch == fill.epoch && answer.as_of_sequence >= fill.started_after_sequence {
+                    installed = install(answer);
                 }
             }
             holds_slot
         });
         fill.publish(outcome);
         installed
+    }
+
+    /// Whether `fill` began in the current epoch (its answer speaks of the history the stores follow).
+    pub fn is_current(&self, fill: &Fill) -> bool {
+        *self.epoch.read() == fill.epoch
+    }
+
+    /// Starts a new epoch: no fill that began before can install after this returns.
+    pub fn advance_epoch(&self) {
+        *self.epoch.write() += 1;
     }
 
     /// Applies a change for `id` with the fence up: any fill in flight loses its slot first, and
@@ -118,7 +144,7 @@ mod tests {
         let Role::Follower(follower) = fills.join_or_start("m", 0) else { panic!("second follows") };
         assert!(Arc::ptr_eq(&leader, &follower));
         let waiter = tokio::spawn(async move { follower.outcome().await });
-        assert!(fills.finish("m", &leader, answer(3), |_| {}));
+        assert!(fills.finish("m", &leader, answer(3), |_| true));
         assert_eq!(waiter.await.unwrap(), answer(3));
         assert!(matches!(fills.join_or_start("m", 0), Role::Leader(_)), "a finished fill frees the slot");
     }
@@ -133,7 +159,7 @@ mod tests {
         let Role::Leader(fresh) = fills.join_or_start("m", 1) else { panic!("must not join the old fill") };
         assert!(!fills.finish("m", &old, answer(0), |_| panic!("old fill installed")));
         assert_eq!(old.outcome().await, answer(0), "its own waiters still get an answer");
-        assert!(fills.finish("m", &fresh, answer(1), |_| {}));
+        assert!(fills.finish("m", &fresh, answer(1), |_| true));
     }
 
     #[tokio::test]
@@ -141,6 +167,17 @@ mod tests {
         let fills = Fills::default();
         let Role::Leader(fill) = fills.join_or_start("m", 10) else { panic!() };
         assert!(!fills.finish("m", &fill, answer(9), |_| panic!("stale answer installed")));
+    }
+
+    #[tokio::test]
+    async fn fills_from_before_a_resync_cannot_install() {
+        let fills = Fills::default();
+        let Role::Leader(fill) = fills.join_or_start("m", 0) else { panic!() };
+        fills.advance_epoch();
+        assert!(!fills.is_current(&fill));
+        assert!(!fills.finish("m", &fill, answer(5), |_| panic!("pre-resync answer installed")));
+        let Role::Leader(fresh) = fills.join_or_start("m", 0) else { panic!() };
+        assert!(fills.is_current(&fresh));
     }
 
     #[tokio::test]

@@ -94,6 +94,10 @@ label_values! {
         TooOld => "too_old",
         /// The core restarted with a new history (new incarnation, or its head went backwards).
         CoreRestarted => "core_restarted",
+        /// A notice did not say what the merchant became.
+        MalformedNotice => "malformed_notice",
+        /// The stream kept skipping the same sequence: the core's history has a hole.
+        PersistentGap => "persistent_gap",
     }
 }
 
@@ -145,7 +149,11 @@ impl FeedMetrics {
             "Change streams reopened after a failure, gap or stall",
             feed.reconnects.clone(),
         );
-        registry.register("resyncs", "Reloads from a core snapshot, by reason", feed.resyncs.clone());
+        registry.register(
+            "resyncs",
+            "Reloads from a core snapshot after the first sync, by reason",
+            feed.resyncs.clone(),
+        );
         registry.register_with_unit(
             "commit_to_apply",
             "Time from a change's commit at the core to its application at the edge (wall clocks of both)",

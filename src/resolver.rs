@@ -14,6 +14,15 @@ use crate::pb::{ChangeKind, ChangeNotice, Merchant, Source};
 use crate::store::{NegativeEntry, PositiveEntry, Stores};
 use crate::upstream::{CoreAnswer, CoreClient, UpstreamError};
 
+/// Whether storing a state as of the same sequence as the stored one replaces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Equal {
+    /// A fill refreshing an entry past its TTL.
+    Replace,
+    /// A notice or snapshot the store already reflects.
+    Keep,
+}
+
 /// An answer for one ID, with where it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
@@ -140,23 +149,38 @@ impl Resolver {
         };
         self.metrics.record_core_call(result, started.elapsed());
         if let Ok(answer) = &outcome {
-            self.feed.observe_head(answer.as_of_sequence);
+            // An answer from before a resync may come from a core history that no longer exists.
+            if self.fills.is_current(&fill) {
+                self.feed.observe_head(answer.as_of_sequence);
+            }
         }
         let learned_at = Instant::now();
         let installed = self.fills.finish(&id, &fill, outcome.clone(), |answer| {
-            self.remember(id.clone(), answer, learned_at);
+            // Only a strictly newer stored state wins, so an entry past its TTL can be refreshed with an
+            // answer as of the same sequence, but a lagging core replica cannot roll an entry back.
+            let merchant = answer.merchant.clone();
+            self.store_unless_newer(id.clone(), merchant, answer.as_of_sequence, learned_at, Equal::Replace)
         });
         if outcome.is_ok() && !installed {
             self.metrics.fills_fenced.inc();
         }
     }
 
-    fn remember(&self, id: Arc<str>, answer: &CoreAnswer, learned_at: Instant) {
-        self.store(id, answer.merchant.clone(), answer.as_of_sequence, learned_at);
-    }
-
-    /// Stores what the core said about `id` as of `as_of_sequence`.
-    fn store(&self, id: Arc<str>, merchant: Option<Merchant>, as_of_sequence: u64, learned_at: Instant) {
+    /// Stores what the core said about `id` as of `as_of_sequence`, unless the store already holds a
+    /// later state; returns whether it stored anything.
+    fn store_unless_newer(
+        &self,
+        id: Arc<str>,
+        merchant: Option<Merchant>,
+        as_of_sequence: u64,
+        learned_at: Instant,
+        equal: Equal,
+    ) -> bool {
+        if let Some(stored) = self.stores.stored_as_of(&id) {
+            if stored > as_of_sequence || (stored == as_of_sequence && equal == Equal::Keep) {
+                return false;
+            }
+        }
         match merchant {
             Some(merchant) => self.stores.put_positive(id, PositiveEntry { merchant, as_of_sequence, learned_at }),
             None => {
@@ -168,32 +192,46 @@ impl Resolver {
                 }
             }
         }
+        true
     }
 
     /// Stores a state of `id` that the core reached at `as_of_sequence`, with the fence up: a fill in
-    /// flight for the ID loses its slot, and nothing stored from a later sequence is overwritten (the
-    /// snapshot and the stream may repeat changes the store already reflects).
+    /// flight for the ID loses its slot, and nothing stored from the same or a later sequence is
+    /// overwritten (the snapshot and the stream may repeat changes the store already reflects).
     fn install_with_fence(&self, id: &str, merchant: Option<Merchant>, as_of_sequence: u64) {
         self.fills.supersede(id, || {
-            if self.stores.stored_as_of(id).is_some_and(|stored| stored >= as_of_sequence) {
-                return;
-            }
-            self.store(Arc::from(id), merchant, as_of_sequence, Instant::now());
+            self.store_unless_newer(Arc::from(id), merchant, as_of_sequence, Instant::now(), Equal::Keep);
         });
     }
 
-    /// Applies one change notice (in sequence order; the feed checks the order).
-    pub fn apply_change(&self, notice: &ChangeNotice) {
-        let merchant = match ChangeKind::try_from(notice.kind) {
-            Ok(ChangeKind::Upsert) => notice.merchant.clone(),
-            _ => None,
+    /// Applies one change notice (in sequence order; the feed checks the order). A notice that does not
+    /// say what the merchant became is refused rather than guessed at: guessing "deleted" would turn a
+    /// protocol error into "not found".
+    pub fn apply_change(&self, notice: &ChangeNotice) -> Result<(), String> {
+        let merchant = match (ChangeKind::try_from(notice.kind), &notice.merchant) {
+            (Ok(ChangeKind::Upsert), Some(merchant)) if merchant.merchant_id == notice.merchant_id => {
+                Some(merchant.clone())
+            }
+            (Ok(ChangeKind::Delete), _) => None,
+            _ => {
+                return Err(format!(
+                    "malformed notice at sequence {}: kind {} for {:?} with merchant {:?}",
+                    notice.sequence,
+                    notice.kind,
+                    notice.merchant_id,
+                    notice.merchant.as_ref().map(|m| &m.merchant_id)
+                ))
+            }
         };
         self.install_with_fence(&notice.merchant_id, merchant, notice.sequence);
+        Ok(())
     }
 
-    /// Starts a resync: no "not found" survives it; after a core restart, nothing at all does.
-    pub fn begin_resync(&self, core_restarted: bool) {
-        if core_restarted {
+    /// Starts a resync: fills already in flight can no longer install, and no "not found" survives;
+    /// when the stores' history is unknown or replaced (first sync, core restart), nothing does.
+    pub fn begin_resync(&self, forget_everything: bool) {
+        self.fills.advance_epoch();
+        if forget_everything {
             self.stores.clear_all();
         } else {
             self.stores.clear_negative();
@@ -214,5 +252,62 @@ impl Resolver {
     /// Ends a resync whose snapshot began at `snapshot_sequence`.
     pub fn finish_resync(&self, snapshot_sequence: u64) {
         self.stores.drop_positives_older_than(snapshot_sequence);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A resolver whose core is never reached (the client connects lazily).
+    fn resolver() -> Resolver {
+        let short = Duration::from_millis(10);
+        let core = CoreClient::connect_lazy("http://127.0.0.1:9", short, short).unwrap();
+        let feed = Arc::new(FeedStatus::new(Duration::from_secs(1)));
+        Resolver::new(IdRule::default(), &CacheConfig::default(), core, feed, Arc::new(Metrics::default()))
+    }
+
+    fn upsert(sequence: u64, id: &str, version: u64) -> ChangeNotice {
+        ChangeNotice {
+            sequence,
+            merchant_id: id.into(),
+            kind: ChangeKind::Upsert as i32,
+            merchant: Some(Merchant { merchant_id: id.into(), version, ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    fn stored_version(resolver: &Resolver, id: &str) -> Option<u64> {
+        resolver.stores.fresh_positive(id, Instant::now()).map(|entry| entry.merchant.version)
+    }
+
+    #[tokio::test]
+    async fn malformed_notices_are_refused_and_change_nothing() {
+        let resolver = resolver();
+        let id = "898000000000042";
+        resolver.apply_change(&upsert(1, id, 1)).unwrap();
+        let without_merchant = ChangeNotice { merchant: None, ..upsert(2, id, 2) };
+        let unknown_kind = ChangeNotice { kind: 9, ..upsert(2, id, 2) };
+        let other_merchant = upsert(2, "898000000000043", 2);
+        let mislabelled = ChangeNotice { merchant_id: id.into(), ..other_merchant };
+        for notice in [without_merchant, unknown_kind, mislabelled] {
+            assert!(resolver.apply_change(&notice).is_err(), "{notice:?}");
+            assert_eq!(stored_version(&resolver, id), Some(1), "not turned into a delete");
+        }
+    }
+
+    #[tokio::test]
+    async fn replayed_notices_never_roll_an_entry_back() {
+        let resolver = resolver();
+        let id = "898000000000042";
+        resolver.apply_change(&upsert(5, id, 3)).unwrap();
+        resolver.apply_change(&upsert(4, id, 2)).unwrap();
+        assert_eq!(stored_version(&resolver, id), Some(3));
+        let delete = ChangeNotice { kind: ChangeKind::Delete as i32, merchant: None, ..upsert(5, id, 0) };
+        resolver.apply_change(&delete).unwrap();
+        assert_eq!(stored_version(&resolver, id), Some(3), "a notice at the stored sequence is already reflected");
+        resolver.apply_change(&ChangeNotice { sequence: 6, ..delete }).unwrap();
+        assert_eq!(stored_version(&resolver, id), None);
+        assert!(resolver.stores.fresh_negative(id, Instant::now()).is_some());
     }
 }

@@ -54,9 +54,7 @@ async fn delete(core: &Core, id: &str) -> u64 {
 async fn following_edge(core: &Core, configure: impl FnOnce(&mut merchant_edge::config::Config)) -> RunningEdge {
     let mut config = edge_config(&core.url());
     configure(&mut config);
-    let edge = start_edge(config).await;
-    wait_until("the feed is connected", || async { edge.feed.is_connected() }).await;
-    edge
+    start_following_edge(config).await
 }
 
 async fn wait_applied(edge: &RunningEdge, sequence: u64) {
@@ -182,19 +180,24 @@ async fn a_gap_reopens_the_stream_from_the_applied_sequence() {
 }
 
 #[tokio::test]
-async fn a_stall_at_the_tail_is_noticed_through_reads() {
+async fn a_stall_at_the_tail_is_noticed_through_reads_and_the_backlog_replays() {
     let core = Core::start(1000).await;
     let edge = following_edge(&core, |config| config.feed.stall_timeout = Duration::from_secs(10)).await;
     let mut client = client(&edge).await;
-    core.set_faults(SetFaultsRequest { skip_notices: 1, ..Default::default() }).await;
-    let hidden = upsert(&core, NEW, "Never announced").await;
-    // Nothing follows the skipped notice, so only a read can show that the core is ahead.
+    // Nothing follows the skipped notices, so only a read can show that the core is ahead; the
+    // backlog then replays slowly, and the stream reopened for it must be left to finish.
+    core.set_faults(SetFaultsRequest { skip_notices: 50, notice_delay_ms: 2, ..Default::default() }).await;
+    let mut hidden = 0;
+    for i in 0..50 {
+        hidden = upsert(&core, &format!("8980008000000{i:02}"), "Never announced").await;
+    }
     let other = lookup(&mut client, "898000000000500").await.unwrap();
     assert_eq!(other.provenance.unwrap().as_of_sequence, hidden);
-    assert_eq!(edge.feed.lag(tokio::time::Instant::now()).notices, 1);
+    assert_eq!(edge.feed.lag(tokio::time::Instant::now()).notices, 50);
     advance_clock(Duration::from_secs(11)).await;
     wait_applied(&edge, hidden).await;
-    assert_eq!(source(&lookup(&mut client, NEW).await.unwrap()), Source::Cache);
+    assert_eq!(edge.metrics.feed.reconnects.get(), 1, "one reopen for the stall, none while replaying");
+    assert_eq!(source(&lookup(&mut client, "898000800000049").await.unwrap()), Source::Cache);
 }
 
 #[tokio::test]
@@ -265,6 +268,32 @@ async fn too_old_resyncs_from_the_snapshot() {
     let unknown = lookup(&mut client, still_unknown).await.unwrap();
     assert_eq!((unknown.found, source(&unknown)), (false, Source::Upstream), "every negative was dropped");
     assert_eq!(source(&lookup(&mut client, kept).await.unwrap()), Source::Cache);
+}
+
+#[tokio::test]
+async fn a_fill_from_before_a_resync_cannot_install_after_it() {
+    let core = Core::start_with(Simulator::new(1000, 5), loopback().await).await;
+    let edge = following_edge(&core, |config| config.upstream.timeout = Duration::from_secs(120)).await;
+    // The core reads the merchant now and answers in 60 s (the latency is fixed when the call starts).
+    core.set_faults(SetFaultsRequest { latency_ms: 60_000, ..Default::default() }).await;
+    let mut racing = client(&edge).await;
+    let in_flight = tokio::spawn(async move { lookup(&mut racing, KNOWN).await });
+    wait_until("the core has read the merchant", || async { core.stats().await.get_merchant_calls == 1 }).await;
+
+    core.set_faults(SetFaultsRequest { drop_streams: true, ..Default::default() }).await;
+    wait_until("the feed is down", || async { !edge.feed.is_connected() }).await;
+    delete(&core, KNOWN).await;
+    for i in 0..7 {
+        upsert(&core, &format!("8980006000000{i:02}"), "Filler").await;
+    }
+    core.set_faults(SetFaultsRequest::default()).await;
+    wait_until("a too-old resync", || async { edge.metrics.feed.resyncs(ResyncReason::TooOld) == 1 }).await;
+    wait_caught_up(&edge, &core).await;
+
+    advance_clock(Duration::from_secs(60)).await;
+    assert!(in_flight.await.unwrap().unwrap().found, "the late answer still reaches its own caller");
+    let after = lookup(&mut client(&edge).await, KNOWN).await.unwrap();
+    assert!(!after.found, "the fill from before the resync did not resurrect the deleted merchant");
 }
 
 /// Restarts the core on the same address with a new history holding `changes_after_restart` changes.

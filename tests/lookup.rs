@@ -16,7 +16,7 @@ fn source(response: &merchant_edge::pb::LookupResponse) -> Source {
 #[tokio::test]
 async fn miss_fills_from_the_core_then_hits() {
     let core = Core::start(1000).await;
-    let edge = start_edge(edge_config(&core.url())).await;
+    let edge = start_following_edge(edge_config(&core.url())).await;
     let mut client = client(&edge).await;
 
     let first = lookup(&mut client, KNOWN).await.unwrap();
@@ -34,7 +34,7 @@ async fn miss_fills_from_the_core_then_hits() {
 #[tokio::test]
 async fn unknown_ids_are_answered_not_found_then_from_the_negative_store() {
     let core = Core::start(1000).await;
-    let edge = start_edge(edge_config(&core.url())).await;
+    let edge = start_following_edge(edge_config(&core.url())).await;
     let mut client = client(&edge).await;
 
     let first = lookup(&mut client, UNKNOWN).await.unwrap();
@@ -52,7 +52,7 @@ async fn the_negative_ttl_is_shorter_and_separate() {
     let mut config = edge_config(&core.url());
     config.cache.negative_ttl = Duration::from_secs(5);
     config.cache.positive_ttl = Duration::from_secs(60);
-    let edge = start_edge(config).await;
+    let edge = start_following_edge(config).await;
     let mut client = client(&edge).await;
     lookup(&mut client, UNKNOWN).await.unwrap();
     lookup(&mut client, KNOWN).await.unwrap();
@@ -72,7 +72,7 @@ async fn the_negative_ttl_is_shorter_and_separate() {
 #[tokio::test]
 async fn merchants_that_are_not_active_are_found_with_their_status() {
     let core = Core::start(1000).await;
-    let edge = start_edge(edge_config(&core.url())).await;
+    let edge = start_following_edge(edge_config(&core.url())).await;
     let mut client = client(&edge).await;
     for (id, status) in [
         ("898000000000097", MerchantStatus::PendingReview),
@@ -91,7 +91,7 @@ async fn batch_lookup_answers_each_id_in_request_order() {
     let core = Core::start(1000).await;
     let mut config = edge_config(&core.url());
     config.server.max_batch_size = 6.try_into().unwrap();
-    let edge = start_edge(config).await;
+    let edge = start_following_edge(config).await;
     let mut client = client(&edge).await;
     lookup(&mut client, "898000000000007").await.unwrap();
 
@@ -126,7 +126,7 @@ async fn batch_lookup_answers_each_id_in_request_order() {
 #[tokio::test]
 async fn concurrent_misses_for_one_id_make_one_core_call() {
     let core = Core::start(1000).await;
-    let edge = start_edge(edge_config(&core.url())).await;
+    let edge = start_following_edge(edge_config(&core.url())).await;
     let client = client(&edge).await;
     // Hold the core's answer until all 64 lookups are waiting for it.
     core.set_faults(SetFaultsRequest { hang: true, ..Default::default() }).await;
@@ -151,7 +151,7 @@ async fn concurrent_misses_for_one_id_make_one_core_call() {
 #[tokio::test]
 async fn malformed_ids_are_refused_with_the_rule_and_never_reach_the_core() {
     let core = Core::start(1000).await;
-    let edge = start_edge(edge_config(&core.url())).await;
+    let edge = start_following_edge(edge_config(&core.url())).await;
     let mut client = client(&edge).await;
     let ten_kb = "8".repeat(10 * 1024);
     for (id, rule) in [
@@ -179,7 +179,7 @@ async fn malformed_ids_are_refused_with_the_rule_and_never_reach_the_core() {
 #[tokio::test]
 async fn ids_are_normalised_before_lookup() {
     let core = Core::start(1000).await;
-    let edge = start_edge(edge_config(&core.url())).await;
+    let edge = start_following_edge(edge_config(&core.url())).await;
     let mut client = client(&edge).await;
     for id in [" 898000000000042", "898000000000042\t\n", &full_width(KNOWN), "\u{3000}898000000000042"] {
         let response = lookup(&mut client, id).await.unwrap();
@@ -191,7 +191,7 @@ async fn ids_are_normalised_before_lookup() {
 #[tokio::test]
 async fn a_failing_core_is_unavailable_never_not_found_and_nothing_is_cached() {
     let core = Core::start(1000).await;
-    let edge = start_edge(edge_config(&core.url())).await;
+    let edge = start_following_edge(edge_config(&core.url())).await;
     let mut client = client(&edge).await;
     core.set_faults(SetFaultsRequest { error_rate: 1.0, ..Default::default() }).await;
     for id in [KNOWN, UNKNOWN, UNKNOWN] {
@@ -212,7 +212,7 @@ async fn a_core_that_is_down_gives_unavailable_and_is_used_again_when_back() {
     let addr = core.addr;
     let mut config = edge_config(&core.url());
     config.upstream.timeout = Duration::from_secs(1);
-    let edge = start_edge(config).await;
+    let edge = start_following_edge(config).await;
     let mut client = client(&edge).await;
     core.stop().await;
 

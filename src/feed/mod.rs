@@ -4,10 +4,10 @@
 //! - Notices are applied in sequence order; a repeat (sequence already applied) is dropped.
 //! - A gap, a stream error or end, or a stall (reads show the core ahead for `stall_timeout` while
 //!   nothing arrives) reopens the stream from the applied sequence, with backoff and jitter.
-//! - "Too old" (OUT_OF_RANGE: the core trimmed the history we need) and a restarted core (a new
-//!   incarnation, or a head behind ours) trigger a resync: every negative entry is dropped, positives
-//!   are reloaded or re-validated from a `ListMerchants` snapshot, and the stream resumes from the
-//!   snapshot's sequence.
+//! - "Too old" (OUT_OF_RANGE: the core trimmed the history we need), a restarted core (a new
+//!   incarnation, or a head behind ours) and a malformed notice trigger a resync: fills in flight are
+//!   fenced off, every negative entry is dropped, positives are reloaded or re-validated from a
+//!   `ListMerchants` snapshot, and the stream resumes from the snapshot's sequence.
 //! - Warm start loads the whole snapshot before the edge reports ready; cold start only learns the
 //!   core's head and incarnation.
 mod backoff;
@@ -55,7 +55,12 @@ pub struct Follower {
     config: FeedConfig,
     /// The core history the stores reflect, once known.
     incarnation: Option<String>,
+    /// The applied sequence at the last gaps, and how many gaps in a row happened there.
+    gap_streak: (u64, u32),
 }
+
+/// Gaps at the same sequence, in a row, that mean the history itself has a hole.
+const GAPS_BEFORE_RESYNC: u32 = 3;
 
 impl Follower {
     pub fn new(
@@ -66,7 +71,7 @@ impl Follower {
         readiness: Readiness,
         config: FeedConfig,
     ) -> Self {
-        Self { core, resolver, status, metrics, readiness, config, incarnation: None }
+        Self { core, resolver, status, metrics, readiness, config, incarnation: None, gap_streak: (0, 0) }
     }
 
     fn feed_metrics(&self) -> &FeedMetrics {
@@ -120,20 +125,19 @@ impl Follower {
         let mut request = ListMerchantsRequest { page_size, page_token: String::new() };
         let mut page = self.core.list_merchants(request.clone()).await?.into_inner();
         let (sequence, incarnation) = (page.as_of_sequence, page.incarnation.clone());
+        // Whatever was stored before the first sync, or from another history, cannot be vouched for.
+        let history_changed = self.incarnation.as_ref() != Some(&incarnation);
+        let reason = match sync {
+            _ if history_changed && self.incarnation.is_some() => Some(ResyncReason::CoreRestarted),
+            Sync::Resync(reason) => Some(reason),
+            Sync::WarmStart | Sync::ColdStart => None,
+        };
+        self.resolver.begin_resync(history_changed);
         if sync == Sync::ColdStart {
             self.incarnation = Some(incarnation);
             self.status.restart_at(sequence);
             tracing::info!(sequence, "feed: cold start; following changes");
             return Ok(());
-        }
-        let restarted = self.incarnation.as_ref().is_some_and(|known| *known != incarnation);
-        let reason = match sync {
-            _ if restarted => Some(ResyncReason::CoreRestarted),
-            Sync::Resync(reason) => Some(reason),
-            Sync::WarmStart | Sync::ColdStart => None,
-        };
-        if let Some(reason) = reason {
-            self.resolver.begin_resync(reason == ResyncReason::CoreRestarted);
         }
         let load_all = sync == Sync::WarmStart || self.config.warm_start;
         let mut merchants = 0usize;
@@ -177,14 +181,19 @@ impl Follower {
         self.readiness.set_feed(true).await;
         tracing::info!(after, "feed: following changes");
         let mut applied_any = false;
-        let mut stall_check = tokio::time::interval(self.config.stall_timeout / 4);
+        let mut last_progress = Instant::now();
+        let check_every = self.config.stall_timeout / 4;
+        let mut stall_check = tokio::time::interval_at(last_progress + check_every, check_every);
         loop {
             tokio::select! {
                 message = stream.message() => {
                     let end = match message {
                         Ok(Some(notice)) => match self.apply(&notice) {
                             Ok(applied) => {
-                                applied_any |= applied;
+                                if applied {
+                                    applied_any = true;
+                                    last_progress = Instant::now();
+                                }
                                 continue;
                             }
                             Err(end) => end,
@@ -195,7 +204,9 @@ impl Follower {
                     return (end, applied_any);
                 }
                 _ = stall_check.tick() => {
-                    if self.status.behind_for(self.config.stall_timeout, Instant::now()) {
+                    let now = Instant::now();
+                    let patience = self.config.stall_timeout;
+                    if self.status.behind_for(patience, now) && now.duration_since(last_progress) >= patience {
                         let lag = self.status.lag(Instant::now());
                         return (StreamEnd::Reconnect(format!("stalled: {} notices behind for {:?}", lag.notices, lag.duration)), applied_any);
                     }
@@ -214,7 +225,7 @@ impl Follower {
 
     /// Applies one notice if it is the next in sequence; returns whether it was applied (false for a
     /// repeat), or why the stream must end.
-    fn apply(&self, notice: &ChangeNotice) -> Result<bool, StreamEnd> {
+    fn apply(&mut self, notice: &ChangeNotice) -> Result<bool, StreamEnd> {
         if self.incarnation.as_ref().is_some_and(|known| !notice.incarnation.is_empty() && *known != notice.incarnation)
         {
             return Err(StreamEnd::Resync(ResyncReason::CoreRestarted));
@@ -226,13 +237,18 @@ impl Follower {
         }
         if notice.sequence != applied + 1 {
             self.feed_metrics().gaps.inc();
-            return Err(StreamEnd::Reconnect(format!(
-                "gap: expected sequence {}, got {}",
-                applied + 1,
-                notice.sequence
-            )));
+            let streak = if self.gap_streak.0 == applied { self.gap_streak.1 + 1 } else { 1 };
+            self.gap_streak = (applied, streak);
+            if streak >= GAPS_BEFORE_RESYNC {
+                return Err(StreamEnd::Resync(ResyncReason::PersistentGap));
+            }
+            let gap = format!("gap: expected sequence {}, got {}", applied + 1, notice.sequence);
+            return Err(StreamEnd::Reconnect(gap));
         }
-        self.resolver.apply_change(notice);
+        if let Err(problem) = self.resolver.apply_change(notice) {
+            tracing::error!(%problem, "feed: the core sent a notice the edge cannot apply");
+            return Err(StreamEnd::Resync(ResyncReason::MalformedNotice));
+        }
         self.status.set_applied(notice.sequence);
         self.feed_metrics().notices_applied.inc();
         if let Some(committed) = notice.committed_at.and_then(|at| SystemTime::try_from(at).ok()) {

@@ -82,8 +82,13 @@ impl FeedStatus {
         self.applied.store(sequence, Ordering::Release);
     }
 
+    /// The stream is open. If reads already showed the core ahead, the edge stays "behind" from when
+    /// it went down, so a reconnect does not renew the trust of old "not found" entries.
     pub fn mark_connected(&self) {
-        self.down_since.store(NEVER, Ordering::Release);
+        let went_down = self.down_since.swap(NEVER, Ordering::AcqRel);
+        if self.is_behind() {
+            self.behind_since.fetch_min(went_down, Ordering::AcqRel);
+        }
     }
 
     pub fn mark_down(&self) {
@@ -91,46 +96,51 @@ impl FeedStatus {
         let _ = self.down_since.compare_exchange(NEVER, now, Ordering::AcqRel, Ordering::Acquire);
     }
 
-    pub fn down_since(&self) -> Option<Instant> {
-        self.decode(self.down_since.load(Ordering::Acquire))
+    pub fn is_connected(&self) -> bool {
+        self.down_since.load(Ordering::Acquire) == NEVER
     }
 
-    pub fn is_connected(&self) -> bool {
-        self.down_since().is_none()
+    /// Whether the core has shown changes the edge has not applied.
+    pub fn is_behind(&self) -> bool {
+        self.head() > self.applied()
+    }
+
+    /// Since when the change feed cannot vouch for the stores: down, or behind the core.
+    fn untrusted_since(&self) -> Option<Instant> {
+        let behind = if self.is_behind() { self.behind_since.load(Ordering::Acquire) } else { NEVER };
+        self.decode(behind.min(self.down_since.load(Ordering::Acquire)))
     }
 
     /// Whether a "not found" learned at `learned_at` may still be served at `now`. While the feed is
-    /// down, a notice that would have removed it may have been missed, so it is trusted only for
-    /// `negative_ttl_when_down` past the later of when it was learned and when the feed went down.
+    /// down or behind, a notice that would have removed it may not have been applied, so it is trusted
+    /// only for `negative_ttl_when_down` past the later of when it was learned and when trust was lost.
     pub fn trusts_negative(&self, learned_at: Instant, now: Instant) -> bool {
-        match self.down_since() {
+        match self.untrusted_since() {
             None => true,
-            Some(down_since) => now.saturating_duration_since(learned_at.max(down_since)) < self.negative_ttl_when_down,
+            Some(since) => now.saturating_duration_since(learned_at.max(since)) < self.negative_ttl_when_down,
         }
     }
 
     /// The TTL for a "not found" learned now.
     pub fn negative_ttl(&self, configured: Duration) -> Duration {
-        if self.is_connected() {
-            configured
-        } else {
-            configured.min(self.negative_ttl_when_down)
+        match self.untrusted_since() {
+            None => configured,
+            Some(_) => configured.min(self.negative_ttl_when_down),
         }
     }
 
-    /// Whether the core has been ahead of the applied notices for at least `patience`.
+    /// Whether the edge has been behind the core for at least `patience`.
     pub fn behind_for(&self, patience: Duration, now: Instant) -> bool {
-        self.decode(self.behind_since.load(Ordering::Acquire))
-            .is_some_and(|since| now.saturating_duration_since(since) >= patience)
+        self.is_behind()
+            && self
+                .decode(self.behind_since.load(Ordering::Acquire))
+                .is_some_and(|since| now.saturating_duration_since(since) >= patience)
     }
 
     pub fn lag(&self, now: Instant) -> Lag {
         let notices = self.head().saturating_sub(self.applied());
-        let since = [self.behind_since.load(Ordering::Acquire), self.down_since.load(Ordering::Acquire)]
-            .into_iter()
-            .filter_map(|nanos| self.decode(nanos))
-            .min();
-        Lag { notices, duration: since.map_or(Duration::ZERO, |since| now.saturating_duration_since(since)) }
+        let duration = self.untrusted_since().map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
+        Lag { notices, duration }
     }
 }
 
@@ -168,12 +178,41 @@ mod tests {
         status.observe_head(14);
         tokio::time::advance(Duration::from_secs(3)).await;
         assert_eq!(status.lag(Instant::now()), Lag { notices: 4, duration: Duration::from_secs(3) });
-        assert!(status.behind_for(Duration::from_secs(3), Instant::now()));
+        status.set_applied(12);
+        assert_eq!(status.lag(Instant::now()).notices, 2, "progress alone does not end being behind");
         status.set_applied(14);
-        assert_eq!(status.lag(Instant::now()).notices, 0);
-        assert!(!status.behind_for(Duration::ZERO, Instant::now()));
+        assert_eq!(status.lag(Instant::now()), Lag { notices: 0, duration: Duration::ZERO });
         status.mark_down();
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(status.lag(Instant::now()).duration, Duration::from_secs(2), "down counts as behind");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reconnect_behind_the_core_does_not_renew_trust() {
+        let status = FeedStatus::new(WHEN_DOWN);
+        status.mark_connected();
+        let learned = Instant::now();
+        status.mark_down();
+        status.observe_head(3);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        status.mark_connected();
+        assert!(!status.trusts_negative(learned, Instant::now()), "the backlog is not applied yet");
+        assert_eq!(status.lag(Instant::now()).duration, Duration::from_secs(5));
+        status.set_applied(3);
+        assert!(status.trusts_negative(learned, Instant::now()), "caught up: the notices would have removed it");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_seen_before_its_notice_briefly_narrows_trust() {
+        let status = FeedStatus::new(WHEN_DOWN);
+        status.mark_connected();
+        let learned = Instant::now();
+        tokio::time::advance(Duration::from_secs(60)).await;
+        status.observe_head(1);
+        assert!(status.trusts_negative(learned, Instant::now()), "within the window after falling behind");
+        tokio::time::advance(WHEN_DOWN).await;
+        assert!(!status.trusts_negative(learned, Instant::now()));
+        status.set_applied(1);
+        assert!(status.trusts_negative(learned, Instant::now()));
     }
 }

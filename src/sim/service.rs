@@ -196,6 +196,10 @@ async fn stream_changes(sim: &SimState, mut after: u64, tx: &mpsc::Sender<Result
         }
         for notice in batch {
             let current = faults.borrow_and_update().clone();
+            if *closing.borrow() {
+                let _ = tx.send(Err(Status::unavailable("core-sim: shutting down"))).await;
+                return;
+            }
             if current.settings.drop_streams {
                 let _ = tx.send(Err(Status::unavailable("core-sim: stream dropped (SetFaults.drop_streams)"))).await;
                 return;

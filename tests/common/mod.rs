@@ -93,6 +93,14 @@ pub async fn start_edge(config: Config) -> RunningEdge {
     Edge::with_listeners(config, loopback().await, loopback().await).start().await.expect("edge starts")
 }
 
+/// Starts an edge and waits until its feed has synced with the core and is following the stream
+/// (until then nothing it learns is cached: it could not tell what the answers are as of).
+pub async fn start_following_edge(config: Config) -> RunningEdge {
+    let edge = start_edge(config).await;
+    wait_until("the feed is connected", || async { edge.feed.is_connected() }).await;
+    edge
+}
+
 pub async fn client(edge: &RunningEdge) -> MerchantLookupClient<Channel> {
     MerchantLookupClient::connect(format!("http://{}", edge.grpc_addr)).await.expect("connect to edge")
 }
