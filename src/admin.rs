@@ -1,17 +1,21 @@
-//! The operators' HTTP endpoint (loopback by default): liveness, readiness and Prometheus metrics.
+//! The operators' HTTP endpoint (loopback by default): liveness, readiness, Prometheus metrics, the
+//! effective config and reload. Endpoints that change state answer loopback clients only, unless
+//! `admin.allow_remote_changes` is set.
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
-
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use tokio::time::Instant;
 
+use crate::config::LiveConfig;
 use crate::feed::FeedStatus;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReloadTrigger};
 use crate::readiness::Readiness;
+use crate::reload::{ReloadError, Reloader};
 use crate::resolver::Resolver;
 
 #[derive(Clone)]
@@ -20,6 +24,8 @@ pub struct AdminState {
     pub resolver: Arc<Resolver>,
     pub readiness: Readiness,
     pub feed: Arc<FeedStatus>,
+    pub config: LiveConfig,
+    pub reloader: Arc<Reloader>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -27,16 +33,19 @@ pub fn router(state: AdminState) -> Router {
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/config", get(config))
+        .route("/reload", post(reload))
         .with_state(state)
 }
 
-/// Ready once warm. The body also says how the change feed is doing: the edge keeps serving while the
-/// feed is down (from memory), so the feed does not decide readiness, but operators need to see it.
+/// Ready once warm and until draining. The body also says how the change feed is doing: the edge keeps
+/// serving while the feed is down (from memory), so the feed does not decide readiness, but operators
+/// need to see it.
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     let (code, verdict) = if state.readiness.is_ready() {
         (StatusCode::OK, "ready")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: loading the core snapshot")
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: warming up or draining")
     };
     let feed = &state.feed;
     let lag = feed.lag(Instant::now());
@@ -56,4 +65,34 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     state.metrics.set_cache_entries(positive, negative);
     state.metrics.feed.refresh(&state.feed);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
+}
+
+/// The effective config, every default filled in, as TOML.
+async fn config(State(state): State<AdminState>) -> impl IntoResponse {
+    let config = state.config.load();
+    let source = match state.reloader.path() {
+        Some(path) => format!("loaded from {}", path.display()),
+        None => "the embedded default (no --config)".to_owned(),
+    };
+    let body = format!("# effective config: {source}; hash {}\n{}", config.hash(), config.to_toml());
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body)
+}
+
+async fn reload(State(state): State<AdminState>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
+    if !peer.ip().is_loopback() && !state.config.load().admin.allow_remote_changes {
+        tracing::warn!(%peer, "refused POST /reload from a non-loopback client");
+        let message = "state-changing endpoints answer loopback clients only (see admin.allow_remote_changes)";
+        return (StatusCode::FORBIDDEN, Json(serde_json::json!({ "error": message }))).into_response();
+    }
+    tracing::info!(%peer, "reload requested over the admin endpoint");
+    match state.reloader.reload(ReloadTrigger::Admin).await {
+        Ok(report) => (StatusCode::OK, Json(report)).into_response(),
+        Err(error) => {
+            let code = match error {
+                ReloadError::NoFile => StatusCode::CONFLICT,
+                ReloadError::Invalid(_) | ReloadError::Tls(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            (code, Json(serde_json::json!({ "error": error.to_string() }))).into_response()
+        }
+    }
 }

@@ -6,35 +6,52 @@ use std::process::ExitCode;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, UpstreamEndpoint};
-use crate::server::Edge;
+use crate::metrics::ReloadTrigger;
+use crate::server::{Drain, Edge};
 use crate::sim::{dataset, Simulator};
 
 /// A merchant of the synthetic data set that every fresh edge can answer.
 pub const EXAMPLE_ID: &str = "898000000000042";
 
-/// Loads the config file, or the embedded default when there is none.
-pub fn load_config(path: Option<&Path>) -> Result<Config, String> {
-    match path {
-        Some(path) => Config::load(path).map_err(|e| e.to_string()),
-        None => Ok(Config::default()),
-    }
-}
-
-/// `merchant-edge serve`: runs until SIGINT or SIGTERM.
-pub async fn serve(config: Config) -> Result<(), String> {
-    crate::telemetry::init_logging(&config.log);
+/// `merchant-edge serve`: runs on the config file (or the embedded default) until SIGINT or SIGTERM,
+/// reloading on SIGHUP. Exit status 0 after a clean drain, 1 when calls had to be cut off.
+pub async fn serve(config_file: Option<&Path>) -> Result<ExitCode, String> {
+    let config = match config_file {
+        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    let log = crate::telemetry::init_logging(&config.log);
     let upstream = match &config.upstream.endpoint {
         UpstreamEndpoint::Embedded => {
             format!("embedded bank-core simulator ({} merchants)", config.upstream.embedded_merchants)
         }
         UpstreamEndpoint::Url(url) => format!("bank core at {url}"),
     };
-    let edge = Edge::bind(config).await.map_err(|e| e.to_string())?.start().await.map_err(|e| e.to_string())?;
-    println!("merchant-edge listening for gRPC on {} (admin http://{})", edge.grpc_addr, edge.admin_addr);
+    let scheme = if config.server.tls.is_some() { "gRPC over TLS" } else { "gRPC" };
+    let mut edge = Edge::bind(config).await.map_err(|e| e.to_string())?.log_control(log);
+    if let Some(path) = config_file {
+        edge = edge.config_file(path.to_path_buf());
+    }
+    let edge = edge.start().await.map_err(|e| e.to_string())?;
+    println!("merchant-edge listening for {scheme} on {} (admin http://{})", edge.grpc_addr, edge.admin_addr);
     println!("  upstream: {upstream}");
     println!("  try:      merchant-edge lookup {EXAMPLE_ID} --server {}", edge.grpc_addr);
     println!("        or: cargo run --release -- lookup {EXAMPLE_ID} 898000000000097 898999999999999");
-    edge.run_until(termination()).await.map_err(|e| e.to_string())
+    #[cfg(unix)]
+    {
+        let reloader = edge.reloader.clone();
+        let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| format!("cannot listen for SIGHUP: {e}"))?;
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                let _ = reloader.reload(ReloadTrigger::Signal).await;
+            }
+        });
+    }
+    match edge.run_until(termination()).await.map_err(|e| e.to_string())? {
+        Drain::Clean => Ok(ExitCode::SUCCESS),
+        Drain::Forced => Ok(ExitCode::from(1)),
+    }
 }
 
 /// `merchant-edge core-sim`: a standalone bank-core simulator.

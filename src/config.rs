@@ -6,9 +6,13 @@ use std::num::{NonZeroU32, NonZeroU64};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use crate::merchant_id::IdRule;
+
+/// The config in force, swapped whole by a reload; subsystems read it when they use a setting.
+pub type LiveConfig = std::sync::Arc<ArcSwap<Config>>;
 
 /// The whole configuration of `merchant-edge serve`.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
@@ -20,6 +24,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub merchant_id: IdRule,
     pub feed: FeedConfig,
+    pub reload: ReloadConfig,
     pub log: LogConfig,
 }
 
@@ -33,6 +38,26 @@ pub struct ServerConfig {
     pub max_request_bytes: NonZeroU32,
     /// Most IDs accepted in one BatchLookup.
     pub max_batch_size: NonZeroU32,
+    /// On SIGTERM/SIGINT, how long in-flight calls may take to finish before the process exits anyway.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// TLS for terminals; absent means plaintext HTTP/2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS (and, with `client_ca`, mutual TLS) for the terminal-facing listener. The files are read again
+/// at every reload, so rotated certificates take effect without a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM CA certificates; when set, clients must present a certificate signed by one of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -41,6 +66,8 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             max_request_bytes: NonZeroU32::new(64 * 1024).expect("non-zero"),
             max_batch_size: NonZeroU32::new(1000).expect("non-zero"),
+            shutdown_grace: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -50,11 +77,31 @@ impl Default for ServerConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// Whether endpoints that change state (`POST /reload`) answer clients other than loopback.
+    pub allow_remote_changes: bool,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9090)) }
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9090)), allow_remote_changes: false }
+    }
+}
+
+/// Live config reload.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReloadConfig {
+    /// Reload when the config file changes (watched through its directory, so Kubernetes ConfigMap
+    /// symlink swaps are seen). SIGHUP and `POST /reload` work either way.
+    pub watch_file: bool,
+    /// How long the file must stay unchanged before it is reloaded (editors write in several steps).
+    #[serde(with = "humantime_serde")]
+    pub debounce: Duration,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        Self { watch_file: true, debounce: Duration::from_millis(500) }
     }
 }
 
@@ -294,6 +341,7 @@ impl Config {
             problems.push(("admin.listen", format!("must differ from server.listen ({})", self.server.listen)));
         }
         for (key, value) in [
+            ("server.shutdown_grace", self.server.shutdown_grace),
             ("upstream.timeout", self.upstream.timeout),
             ("upstream.connect_timeout", self.upstream.connect_timeout),
             ("cache.positive_ttl", self.cache.positive_ttl),
@@ -333,9 +381,75 @@ impl Config {
         problems
     }
 
+    /// The keys whose change takes a restart, with their values here.
+    pub fn restart_only(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("server.listen", self.server.listen.to_string()),
+            ("server.max_request_bytes", self.server.max_request_bytes.to_string()),
+            ("server.tls", if self.server.tls.is_some() { "on".into() } else { "off".into() }),
+            ("admin.listen", self.admin.listen.to_string()),
+            ("upstream.endpoint", self.upstream.endpoint.to_string()),
+            ("upstream.connect_timeout", format!("{:?}", self.upstream.connect_timeout)),
+            ("upstream.embedded_merchants", self.upstream.embedded_merchants.to_string()),
+            ("log.format", format!("{:?}", self.log.format)),
+        ]
+    }
+
+    /// `self` with every restart-only setting taken from `running` (what a reload can apply).
+    pub fn with_restart_only_from(mut self, running: &Config) -> Self {
+        self.server.listen = running.server.listen;
+        self.server.max_request_bytes = running.server.max_request_bytes;
+        if self.server.tls.is_some() != running.server.tls.is_some() {
+            self.server.tls = running.server.tls.clone();
+        }
+        self.admin.listen = running.admin.listen;
+        self.upstream.endpoint = running.upstream.endpoint.clone();
+        self.upstream.connect_timeout = running.upstream.connect_timeout;
+        self.upstream.embedded_merchants = running.upstream.embedded_merchants;
+        self.log.format = running.log.format;
+        self
+    }
+
+    /// Dotted keys whose effective values differ between two configs.
+    pub fn changed_keys(&self, other: &Config) -> Vec<String> {
+        let flatten = |config: &Config| {
+            let mut keys = std::collections::BTreeMap::new();
+            if let Ok(toml::Value::Table(sections)) = toml::Value::try_from(config) {
+                flatten_into(&mut keys, "", &sections);
+            }
+            keys
+        };
+        let (mine, theirs) = (flatten(self), flatten(other));
+        let mut all: Vec<&String> = mine.keys().chain(theirs.keys()).collect();
+        all.sort();
+        all.dedup();
+        all.into_iter().filter(|key| mine.get(*key) != theirs.get(*key)).cloned().collect()
+    }
+
+    /// A short stable fingerprint of the effective values (FNV-1a of the TOML), for the info metric.
+    pub fn hash(&self) -> String {
+        let fingerprint = self
+            .to_toml()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3));
+        format!("{fingerprint:016x}")
+    }
+
     /// The effective config as TOML, every default filled in.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("the config types always serialize")
+    }
+}
+
+fn flatten_into(keys: &mut std::collections::BTreeMap<String, String>, prefix: &str, table: &toml::Table) {
+    for (key, value) in table {
+        let dotted = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        match value {
+            toml::Value::Table(inner) => flatten_into(keys, &dotted, inner),
+            other => {
+                keys.insert(dotted, other.to_string());
+            }
+        }
     }
 }
 
@@ -421,6 +535,20 @@ mod tests {
     fn syntax_errors_point_at_the_line() {
         let err = Config::parse("[server]\nlisten = \n", "edge.toml").unwrap_err();
         assert!(err.to_string().contains("edge.toml:2"), "{err}");
+    }
+
+    #[test]
+    fn restart_only_keys_keep_their_running_values() {
+        let running = Config::default();
+        let text = "[server]\nlisten = \"127.0.0.1:7000\"\nmax_batch_size = 5\n[cache]\nnegative_ttl = \"5s\"\n";
+        let wanted = Config::parse(text, "t").unwrap();
+        let applied = wanted.clone().with_restart_only_from(&running);
+        assert_eq!(applied.server.listen, running.server.listen);
+        assert_eq!(applied.server.max_batch_size.get(), 5);
+        assert_eq!(wanted.changed_keys(&running), ["cache.negative_ttl", "server.listen", "server.max_batch_size"]);
+        assert_eq!(applied.changed_keys(&running), ["cache.negative_ttl", "server.max_batch_size"]);
+        assert_ne!(applied.hash(), running.hash());
+        assert_eq!(running.hash(), Config::default().hash());
     }
 
     #[test]

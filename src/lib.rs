@@ -11,7 +11,9 @@
 //! - [`feed`]: follows the core's change notices (fence, gaps, resyncs, warm start).
 //! - [`service`]: the terminal-facing `MerchantLookup` gRPC service; [`status`] maps errors to gRPC codes.
 //! - [`readiness`], [`admin`], [`metrics`], [`telemetry`]: what operators see.
-//! - [`server`]: assembles a running edge from a config and bound listeners.
+//! - [`reload`]: live config reload (SIGHUP, `POST /reload`, file watch), validated and atomic.
+//! - [`tls`]: TLS and mutual TLS for terminals, with certificates replaced on reload.
+//! - [`server`]: assembles a running edge from a config and bound listeners, and drains it.
 //! - [`sim`]: the bank-core simulator (`core-sim`, and the embedded default upstream).
 //! - [`client`], [`commands`]: the `lookup` client and the binary's subcommands.
 //! - [`pb`]: generated protobuf code.
@@ -25,6 +27,7 @@ pub mod merchant_id;
 pub mod metrics;
 pub mod pb;
 pub mod readiness;
+pub mod reload;
 pub mod resolver;
 pub mod server;
 pub mod service;
@@ -32,4 +35,5 @@ pub mod sim;
 pub mod status;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;

@@ -51,12 +51,13 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve { config } => commands::serve(commands::load_config(config.as_deref())?).await,
-            Command::CoreSim { listen, merchants, history } => commands::core_sim(listen, merchants, history).await,
-            Command::Lookup { ids, server } => return Ok(commands::lookup(&server, &ids).await),
+            Command::Serve { config } => commands::serve(config.as_deref()).await,
+            Command::CoreSim { listen, merchants, history } => {
+                commands::core_sim(listen, merchants, history).await.map(|()| ExitCode::SUCCESS)
+            }
+            Command::Lookup { ids, server } => Ok(commands::lookup(&server, &ids).await),
             Command::CheckConfig { .. } => unreachable!("handled before the runtime starts"),
         }
-        .map(|()| ExitCode::SUCCESS)
     });
     result.unwrap_or_else(|message| {
         eprintln!("merchant-edge: {message}");

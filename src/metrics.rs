@@ -82,6 +82,109 @@ label_values! {
     }
 }
 
+label_values! {
+    /// Why an entry left a store (moka's removal causes).
+    EvictionCause {
+        /// Its TTL passed.
+        Expired => "expired",
+        /// The store was full and its admission policy chose to drop it.
+        Size => "size",
+        /// Removed on purpose: a change notice, a resync or a manual invalidation.
+        Explicit => "explicit",
+        /// Overwritten by a newer answer for the same ID.
+        Replaced => "replaced",
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EvictionLabels {
+    store: StoreLabel,
+    cause: EvictionCause,
+}
+
+label_values! {
+    /// What asked for a config reload.
+    ReloadTrigger {
+        Signal => "sighup",
+        Admin => "admin",
+        FileWatch => "file_watch",
+    }
+}
+
+label_values! {
+    ReloadResult {
+        Success => "success",
+        Failure => "failure",
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReloadLabels {
+    trigger: ReloadTrigger,
+    result: ReloadResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ConfigInfoLabels {
+    hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BuildInfoLabels {
+    version: String,
+}
+
+/// Config reload bookkeeping, as Prometheus exports its own.
+pub struct ConfigMetrics {
+    last_reload_successful: Gauge,
+    last_reload_success_timestamp: Gauge<f64, AtomicU64>,
+    reloads: Family<ReloadLabels, Counter>,
+    info: Family<ConfigInfoLabels, Gauge>,
+}
+
+impl ConfigMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let config = Self {
+            last_reload_successful: Gauge::default(),
+            last_reload_success_timestamp: Gauge::default(),
+            reloads: Family::default(),
+            info: Family::default(),
+        };
+        let registry = registry.sub_registry_with_prefix("config");
+        registry.register(
+            "last_reload_successful",
+            "1 if the last config reload succeeded (or none was tried), 0 if it was rejected",
+            config.last_reload_successful.clone(),
+        );
+        registry.register_with_unit(
+            "last_reload_success_timestamp",
+            "When the running config was last loaded successfully (Unix time)",
+            Unit::Seconds,
+            config.last_reload_success_timestamp.clone(),
+        );
+        registry.register("reloads", "Config reloads, by trigger and result", config.reloads.clone());
+        registry.register("info", "The running config, by the hash of its effective values", config.info.clone());
+        config
+    }
+
+    /// Records that `hash` is now the running config.
+    pub fn loaded(&self, hash: &str) {
+        self.last_reload_successful.set(1);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.last_reload_success_timestamp.set(now.as_secs_f64());
+        self.info.clear();
+        self.info.get_or_create(&ConfigInfoLabels { hash: hash.to_owned() }).set(1);
+    }
+
+    pub fn reloaded(&self, trigger: ReloadTrigger, succeeded: bool) {
+        let result = if succeeded { ReloadResult::Success } else { ReloadResult::Failure };
+        self.reloads.get_or_create(&ReloadLabels { trigger, result }).inc();
+        if !succeeded {
+            self.last_reload_successful.set(0);
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct StoreLabels {
     store: StoreLabel,
@@ -200,6 +303,10 @@ impl FeedMetrics {
 pub struct Metrics {
     registry: Registry,
     pub feed: FeedMetrics,
+    pub config: ConfigMetrics,
+    evictions: Family<EvictionLabels, Counter>,
+    store_hits: Family<StoreLabels, Counter>,
+    store_misses: Family<StoreLabels, Counter>,
     lookups: Family<LookupLabels, Counter>,
     core_calls: Family<CoreCallLabels, Counter>,
     core_call_duration: Histogram,
@@ -238,7 +345,34 @@ impl Default for Metrics {
         let cache_entries = Family::<StoreLabels, Gauge>::default();
         registry.register("cache_entries", "Entries held per store", cache_entries.clone());
         let feed = FeedMetrics::register(&mut registry);
-        Self { registry, feed, lookups, core_calls, core_call_duration, coalesced_waits, fills_fenced, cache_entries }
+        let config = ConfigMetrics::register(&mut registry);
+        let evictions = Family::<EvictionLabels, Counter>::default();
+        registry.register("cache_evictions", "Entries that left a store, by store and cause", evictions.clone());
+        let store_hits = Family::<StoreLabels, Counter>::default();
+        registry.register("cache_hits", "Lookups answered by a store", store_hits.clone());
+        let store_misses = Family::<StoreLabels, Counter>::default();
+        registry.register(
+            "cache_misses",
+            "Lookups a store could not answer (absent or past its TTL)",
+            store_misses.clone(),
+        );
+        let build_info = Family::<BuildInfoLabels, Gauge>::default();
+        registry.register("build", "The running build", build_info.clone());
+        build_info.get_or_create(&BuildInfoLabels { version: env!("CARGO_PKG_VERSION").to_owned() }).set(1);
+        Self {
+            registry,
+            feed,
+            config,
+            evictions,
+            store_hits,
+            store_misses,
+            lookups,
+            core_calls,
+            core_call_duration,
+            coalesced_waits,
+            fills_fenced,
+            cache_entries,
+        }
     }
 }
 
@@ -251,6 +385,16 @@ impl Metrics {
     pub fn record_core_call(&self, result: CoreCallResult, elapsed: Duration) {
         self.core_calls.get_or_create(&CoreCallLabels { result }).inc();
         self.core_call_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn count_eviction(&self, store: StoreLabel, cause: EvictionCause) {
+        self.evictions.get_or_create(&EvictionLabels { store, cause }).inc();
+    }
+
+    /// The (hit, miss) counters of one store; resolve once and keep them.
+    pub fn store_counters(&self, store: StoreLabel) -> (Counter, Counter) {
+        let labels = StoreLabels { store };
+        (self.store_hits.get_or_create(&labels).clone(), self.store_misses.get_or_create(&labels).clone())
     }
 
     pub fn set_cache_entries(&self, positive: u64, negative: u64) {
@@ -272,6 +416,9 @@ impl Metrics {
 /// Pre-resolved lookup counters for the hot paths.
 #[derive(Clone)]
 pub struct LookupCounters {
+    /// (hits, misses) of each store.
+    pub positive_store: (Counter, Counter),
+    pub negative_store: (Counter, Counter),
     pub cache_hit: Counter,
     pub negative_hit: Counter,
     pub upstream_found: Counter,
@@ -285,6 +432,8 @@ impl LookupCounters {
         use ResultLabel::*;
         use SourceLabel as S;
         Self {
+            positive_store: metrics.store_counters(StoreLabel::Positive),
+            negative_store: metrics.store_counters(StoreLabel::Negative),
             cache_hit: metrics.lookup_counter(S::Cache, Found),
             negative_hit: metrics.lookup_counter(S::NegativeCache, NotFound),
             upstream_found: metrics.lookup_counter(S::Upstream, Found),

@@ -3,15 +3,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use tokio::sync::RwLock;
 use tokio::time::Instant;
 
-use crate::config::CacheConfig;
+use crate::config::{CacheConfig, LiveConfig};
 use crate::feed::FeedStatus;
 use crate::fill::{Fill, Fills, Role};
-use crate::merchant_id::{IdError, IdRule};
+use crate::merchant_id::IdError;
 use crate::metrics::{CoreCallResult, LookupCounters, Metrics};
 use crate::pb::{ChangeKind, ChangeNotice, Merchant, Source};
-use crate::store::{NegativeEntry, PositiveEntry, Stores};
+use crate::store::{Capacities, NegativeEntry, PositiveEntry, Stores};
 use crate::upstream::{CoreAnswer, CoreClient, UpstreamError};
 
 /// Whether storing a state as of the same sequence as the stored one replaces it.
@@ -44,66 +46,55 @@ pub enum LookupError {
 }
 
 pub struct Resolver {
-    rule: IdRule,
-    stores: Stores,
+    config: LiveConfig,
+    stores: ArcSwap<Stores>,
+    /// Every store write holds this for reading; rebuilding the stores for new capacities holds it for
+    /// writing, so no write lands in stores that are being replaced. Async, so a writer that must wait
+    /// yields its worker thread instead of blocking it.
+    store_writes: RwLock<()>,
     fills: Fills,
     core: CoreClient,
-    negative_ttl: Duration,
     feed: Arc<FeedStatus>,
     metrics: Arc<Metrics>,
     counters: LookupCounters,
 }
 
+fn capacities(cache: &CacheConfig) -> Capacities {
+    Capacities { positive: cache.positive_capacity.get(), negative: cache.negative_capacity.get() }
+}
+
+/// What a lookup found in memory, or the normalised ID to ask the core about.
+enum InMemory<'a> {
+    Answered(Answer),
+    Missed(std::borrow::Cow<'a, str>),
+}
+
 impl Resolver {
-    pub fn new(
-        rule: IdRule,
-        cache: &CacheConfig,
-        core: CoreClient,
-        feed: Arc<FeedStatus>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(config: LiveConfig, core: CoreClient, feed: Arc<FeedStatus>, metrics: Arc<Metrics>) -> Self {
+        let stores = Stores::new(capacities(&config.load().cache), &metrics);
         Self {
-            rule,
-            stores: Stores::new(cache),
+            config,
+            stores: ArcSwap::from_pointee(stores),
+            store_writes: RwLock::new(()),
             fills: Fills::default(),
             core,
-            negative_ttl: cache.negative_ttl,
             feed,
             counters: LookupCounters::new(&metrics),
             metrics,
         }
     }
 
-    pub fn stores(&self) -> &Stores {
-        &self.stores
+    /// The stores as they are now (a later capacity change replaces them).
+    pub fn stores(&self) -> Arc<Stores> {
+        self.stores.load_full()
     }
 
     /// Resolves one ID as a terminal sent it.
     pub async fn lookup(self: &Arc<Self>, raw_id: &str) -> Result<Answer, LookupError> {
-        let id = self.rule.normalise(raw_id).inspect_err(|_| {
-            self.counters.invalid_id.inc();
-        })?;
-        let now = Instant::now();
-        if let Some(entry) = self.stores.fresh_positive(&id, now) {
-            self.counters.cache_hit.inc();
-            return Ok(Answer {
-                merchant: Some(entry.merchant.clone()),
-                source: Source::Cache,
-                age: now.saturating_duration_since(entry.learned_at),
-                as_of_sequence: entry.as_of_sequence,
-            });
-        }
-        if let Some(entry) =
-            self.stores.fresh_negative(&id, now).filter(|entry| self.feed.trusts_negative(entry.learned_at, now))
-        {
-            self.counters.negative_hit.inc();
-            return Ok(Answer {
-                merchant: None,
-                source: Source::NegativeCache,
-                age: now.saturating_duration_since(entry.learned_at),
-                as_of_sequence: entry.as_of_sequence,
-            });
-        }
+        let id = match self.answer_from_memory(raw_id)? {
+            InMemory::Answered(answer) => return Ok(answer),
+            InMemory::Missed(id) => id,
+        };
         let outcome = self.ask_core(&id).await;
         match &outcome {
             Ok(answer) if answer.merchant.is_some() => self.counters.upstream_found.inc(),
@@ -117,6 +108,45 @@ impl Resolver {
             age: Duration::ZERO,
             as_of_sequence: answer.as_of_sequence,
         })
+    }
+
+    /// The hit path: validation and both stores, under the config in force now.
+    fn answer_from_memory<'a>(&self, raw_id: &'a str) -> Result<InMemory<'a>, LookupError> {
+        let config = self.config.load();
+        let id = config.merchant_id.normalise(raw_id).inspect_err(|_| {
+            self.counters.invalid_id.inc();
+        })?;
+        let now = Instant::now();
+        let stores = self.stores.load();
+        let (positive_hits, positive_misses) = &self.counters.positive_store;
+        if let Some(entry) = stores.fresh_positive(&id, now, config.cache.positive_ttl) {
+            positive_hits.inc();
+            self.counters.cache_hit.inc();
+            return Ok(InMemory::Answered(Answer {
+                merchant: Some(entry.merchant.clone()),
+                source: Source::Cache,
+                age: now.saturating_duration_since(entry.learned_at),
+                as_of_sequence: entry.as_of_sequence,
+            }));
+        }
+        positive_misses.inc();
+        let (negative_hits, negative_misses) = &self.counters.negative_store;
+        let when_down = config.feed.negative_ttl_when_down;
+        if let Some(entry) = stores
+            .fresh_negative(&id, now, config.cache.negative_ttl)
+            .filter(|entry| self.feed.trusts_negative(entry.learned_at, now, when_down))
+        {
+            negative_hits.inc();
+            self.counters.negative_hit.inc();
+            return Ok(InMemory::Answered(Answer {
+                merchant: None,
+                source: Source::NegativeCache,
+                age: now.saturating_duration_since(entry.learned_at),
+                as_of_sequence: entry.as_of_sequence,
+            }));
+        }
+        negative_misses.inc();
+        Ok(InMemory::Missed(id))
     }
 
     /// Asks the core for `id`, sharing the call with every concurrent lookup of the same ID.
@@ -140,7 +170,8 @@ impl Resolver {
 
     async fn run_fill(&self, id: Arc<str>, fill: Arc<Fill>) {
         let started = Instant::now();
-        let outcome = self.core.get_merchant(&id).await;
+        let timeout = self.config.load().upstream.timeout;
+        let outcome = self.core.get_merchant(&id, timeout).await;
         let result = match &outcome {
             Ok(answer) if answer.merchant.is_some() => CoreCallResult::Found,
             Ok(_) => CoreCallResult::NotFound,
@@ -155,6 +186,7 @@ impl Resolver {
             }
         }
         let learned_at = Instant::now();
+        let _writes = self.store_writes.read().await;
         let installed = self.fills.finish(&id, &fill, outcome.clone(), |answer| {
             // Only a strictly newer stored state wins, so an entry past its TTL can be refreshed with an
             // answer as of the same sequence, but a lagging core replica cannot roll an entry back.
@@ -167,7 +199,7 @@ impl Resolver {
     }
 
     /// Stores what the core said about `id` as of `as_of_sequence`, unless the store already holds a
-    /// later state; returns whether it stored anything.
+    /// later state; returns whether it stored anything. Callers hold `store_writes`.
     fn store_unless_newer(
         &self,
         id: Arc<str>,
@@ -176,19 +208,24 @@ impl Resolver {
         learned_at: Instant,
         equal: Equal,
     ) -> bool {
-        if let Some(stored) = self.stores.stored_as_of(&id) {
+        let stores = self.stores.load();
+        if let Some(stored) = stores.stored_as_of(&id) {
             if stored > as_of_sequence || (stored == as_of_sequence && equal == Equal::Keep) {
                 return false;
             }
         }
+        let config = self.config.load();
         match merchant {
-            Some(merchant) => self.stores.put_positive(id, PositiveEntry { merchant, as_of_sequence, learned_at }),
+            Some(merchant) => {
+                let ttl = config.cache.positive_ttl;
+                stores.put_positive(id, PositiveEntry { merchant, as_of_sequence, learned_at, ttl })
+            }
             None => {
-                let ttl = self.feed.negative_ttl(self.negative_ttl);
+                let ttl = self.feed.negative_ttl(config.cache.negative_ttl, config.feed.negative_ttl_when_down);
                 if ttl.is_zero() {
-                    self.stores.remove(&id);
+                    stores.remove(&id);
                 } else {
-                    self.stores.put_negative(id, NegativeEntry { as_of_sequence, learned_at, ttl });
+                    stores.put_negative(id, NegativeEntry { as_of_sequence, learned_at, ttl });
                 }
             }
         }
@@ -198,6 +235,7 @@ impl Resolver {
     /// Stores a state of `id` that the core reached at `as_of_sequence`, with the fence up: a fill in
     /// flight for the ID loses its slot, and nothing stored from the same or a later sequence is
     /// overwritten (the snapshot and the stream may repeat changes the store already reflects).
+    /// Callers hold `store_writes`.
     fn install_with_fence(&self, id: &str, merchant: Option<Merchant>, as_of_sequence: u64) {
         self.fills.supersede(id, || {
             self.store_unless_newer(Arc::from(id), merchant, as_of_sequence, Instant::now(), Equal::Keep);
@@ -207,7 +245,7 @@ impl Resolver {
     /// Applies one change notice (in sequence order; the feed checks the order). A notice that does not
     /// say what the merchant became is refused rather than guessed at: guessing "deleted" would turn a
     /// protocol error into "not found".
-    pub fn apply_change(&self, notice: &ChangeNotice) -> Result<(), String> {
+    pub async fn apply_change(&self, notice: &ChangeNotice) -> Result<(), String> {
         let merchant = match (ChangeKind::try_from(notice.kind), &notice.merchant) {
             (Ok(ChangeKind::Upsert), Some(merchant)) if merchant.merchant_id == notice.merchant_id => {
                 Some(merchant.clone())
@@ -223,26 +261,30 @@ impl Resolver {
                 ))
             }
         };
+        let _writes = self.store_writes.read().await;
         self.install_with_fence(&notice.merchant_id, merchant, notice.sequence);
         Ok(())
     }
 
     /// Starts a resync: fills already in flight can no longer install, and no "not found" survives;
     /// when the stores' history is unknown or replaced (first sync, core restart), nothing does.
-    pub fn begin_resync(&self, forget_everything: bool) {
+    pub async fn begin_resync(&self, forget_everything: bool) {
+        let _writes = self.store_writes.read().await;
         self.fills.advance_epoch();
+        let stores = self.stores.load();
         if forget_everything {
-            self.stores.clear_all();
+            stores.clear_all();
         } else {
-            self.stores.clear_negative();
+            stores.clear_negative();
         }
     }
 
     /// Takes in one snapshot page: every merchant when `load_all` (warm start), otherwise only those
     /// already held (re-validation).
-    pub fn install_snapshot(&self, merchants: Vec<Merchant>, as_of_sequence: u64, load_all: bool) {
+    pub async fn install_snapshot(&self, merchants: Vec<Merchant>, as_of_sequence: u64, load_all: bool) {
+        let _writes = self.store_writes.read().await;
         for merchant in merchants {
-            if load_all || self.stores.holds_positive(&merchant.merchant_id) {
+            if load_all || self.stores.load().holds_positive(&merchant.merchant_id) {
                 let id = merchant.merchant_id.clone();
                 self.install_with_fence(&id, Some(merchant), as_of_sequence);
             }
@@ -250,8 +292,32 @@ impl Resolver {
     }
 
     /// Ends a resync whose snapshot began at `snapshot_sequence`.
-    pub fn finish_resync(&self, snapshot_sequence: u64) {
-        self.stores.drop_positives_older_than(snapshot_sequence);
+    pub async fn finish_resync(&self, snapshot_sequence: u64) {
+        let _writes = self.store_writes.read().await;
+        self.stores.load().drop_positives_older_than(snapshot_sequence);
+    }
+
+    /// Rebuilds the stores when the configured capacities differ from theirs, migrating every entry
+    /// (moka cannot change a capacity in place). Lookups keep reading the old stores until the swap;
+    /// store writes wait for it. Returns whether the stores were rebuilt.
+    pub async fn apply_capacities(&self, cache: &CacheConfig) -> bool {
+        let wanted = capacities(cache);
+        if self.stores.load().capacities() == wanted {
+            return false;
+        }
+        let writes = self.store_writes.write().await;
+        let old = self.stores.load_full();
+        let metrics = self.metrics.clone();
+        let rebuilt = tokio::task::spawn_blocking(move || {
+            let new = Stores::new(wanted, &metrics);
+            new.migrate_from(&old);
+            new
+        })
+        .await
+        .expect("migrating the stores does not panic");
+        self.stores.store(Arc::new(rebuilt));
+        drop(writes);
+        true
     }
 }
 
@@ -261,10 +327,9 @@ mod tests {
 
     /// A resolver whose core is never reached (the client connects lazily).
     fn resolver() -> Resolver {
-        let short = Duration::from_millis(10);
-        let core = CoreClient::connect_lazy("http://127.0.0.1:9", short, short).unwrap();
-        let feed = Arc::new(FeedStatus::new(Duration::from_secs(1)));
-        Resolver::new(IdRule::default(), &CacheConfig::default(), core, feed, Arc::new(Metrics::default()))
+        let core = CoreClient::connect_lazy("http://127.0.0.1:9", Duration::from_millis(10)).unwrap();
+        let config = Arc::new(ArcSwap::from_pointee(crate::config::Config::default()));
+        Resolver::new(config, core, Arc::new(FeedStatus::new()), Arc::new(Metrics::default()))
     }
 
     fn upsert(sequence: u64, id: &str, version: u64) -> ChangeNotice {
@@ -278,20 +343,20 @@ mod tests {
     }
 
     fn stored_version(resolver: &Resolver, id: &str) -> Option<u64> {
-        resolver.stores.fresh_positive(id, Instant::now()).map(|entry| entry.merchant.version)
+        resolver.stores().fresh_positive(id, Instant::now(), Duration::MAX).map(|entry| entry.merchant.version)
     }
 
     #[tokio::test]
     async fn malformed_notices_are_refused_and_change_nothing() {
         let resolver = resolver();
         let id = "898000000000042";
-        resolver.apply_change(&upsert(1, id, 1)).unwrap();
+        resolver.apply_change(&upsert(1, id, 1)).await.unwrap();
         let without_merchant = ChangeNotice { merchant: None, ..upsert(2, id, 2) };
         let unknown_kind = ChangeNotice { kind: 9, ..upsert(2, id, 2) };
         let other_merchant = upsert(2, "898000000000043", 2);
         let mislabelled = ChangeNotice { merchant_id: id.into(), ..other_merchant };
         for notice in [without_merchant, unknown_kind, mislabelled] {
-            assert!(resolver.apply_change(&notice).is_err(), "{notice:?}");
+            assert!(resolver.apply_change(&notice).await.is_err(), "{notice:?}");
             assert_eq!(stored_version(&resolver, id), Some(1), "not turned into a delete");
         }
     }
@@ -300,14 +365,14 @@ mod tests {
     async fn replayed_notices_never_roll_an_entry_back() {
         let resolver = resolver();
         let id = "898000000000042";
-        resolver.apply_change(&upsert(5, id, 3)).unwrap();
-        resolver.apply_change(&upsert(4, id, 2)).unwrap();
+        resolver.apply_change(&upsert(5, id, 3)).await.unwrap();
+        resolver.apply_change(&upsert(4, id, 2)).await.unwrap();
         assert_eq!(stored_version(&resolver, id), Some(3));
         let delete = ChangeNotice { kind: ChangeKind::Delete as i32, merchant: None, ..upsert(5, id, 0) };
-        resolver.apply_change(&delete).unwrap();
+        resolver.apply_change(&delete).await.unwrap();
         assert_eq!(stored_version(&resolver, id), Some(3), "a notice at the stored sequence is already reflected");
-        resolver.apply_change(&ChangeNotice { sequence: 6, ..delete }).unwrap();
+        resolver.apply_change(&ChangeNotice { sequence: 6, ..delete }).await.unwrap();
         assert_eq!(stored_version(&resolver, id), None);
-        assert!(resolver.stores.fresh_negative(id, Instant::now()).is_some());
+        assert!(resolver.stores().fresh_negative(id, Instant::now(), Duration::MAX).is_some());
     }
 }

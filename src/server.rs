@@ -1,23 +1,30 @@
 //! Assembles a running edge from a config and bound listeners: the lookup service with health and
-//! reflection, the admin endpoint, and (for `upstream.endpoint = "embedded"`) an in-process simulator.
+//! reflection (over TLS when configured), the admin endpoint, config reload, the change feed, and (for
+//! `upstream.endpoint = "embedded"`) an in-process simulator; and drains it within a grace period.
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::{self, AdminState};
-use crate::config::{Config, UpstreamEndpoint};
+use crate::config::{Config, LiveConfig, UpstreamEndpoint};
 use crate::feed::{FeedStatus, Follower};
 use crate::metrics::Metrics;
 use crate::pb::merchant_lookup_server::MerchantLookupServer;
 use crate::readiness::Readiness;
+use crate::reload::{self, Reloader};
 use crate::resolver::Resolver;
 use crate::service::LookupService;
 use crate::sim::Simulator;
+use crate::telemetry::LogControl;
+use crate::tls::{self, TlsError, TlsSettings};
 use crate::upstream::CoreClient;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +33,10 @@ pub enum ServeError {
     Bind { addr: SocketAddr, what: &'static str, source: std::io::Error },
     #[error("upstream: {0}")]
     Upstream(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot watch the config file: {0}")]
+    Watch(#[from] notify::Error),
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
     #[error("admin endpoint failed: {0}")]
@@ -38,11 +49,43 @@ async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, Serve
     TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, what, source })
 }
 
+/// A completion signal that many tasks can wait for.
+#[derive(Clone)]
+struct Stop(watch::Sender<bool>);
+
+impl Stop {
+    fn new() -> Self {
+        Self(watch::Sender::new(false))
+    }
+
+    fn fire(&self) {
+        self.0.send_replace(true);
+    }
+
+    fn fired(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut receiver = self.0.subscribe();
+        async move {
+            let _ = receiver.wait_for(|stop| *stop).await;
+        }
+    }
+}
+
+/// How a drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// Every call in flight finished within the grace period.
+    Clean,
+    /// Calls (or streams) still open when the grace period ran out were cut off.
+    Forced,
+}
+
 /// An edge whose listeners are bound but not yet serving.
 pub struct Edge {
     config: Config,
     grpc: TcpListener,
     admin: TcpListener,
+    config_file: Option<PathBuf>,
+    log: Option<LogControl>,
 }
 
 impl Edge {
@@ -50,27 +93,35 @@ impl Edge {
     pub async fn bind(config: Config) -> Result<Self, ServeError> {
         let grpc = bind(config.server.listen, "server.listen").await?;
         let admin = bind(config.admin.listen, "admin.listen").await?;
-        Ok(Self { config, grpc, admin })
+        Ok(Self::with_listeners(config, grpc, admin))
     }
 
     /// Uses listeners bound by the caller (tests bind 127.0.0.1:0).
     pub fn with_listeners(config: Config, grpc: TcpListener, admin: TcpListener) -> Self {
-        Self { config, grpc, admin }
+        Self { config, grpc, admin, config_file: None, log: None }
     }
 
-    /// Starts serving; the returned handle stops it.
+    /// The file the config came from, for reloads.
+    pub fn config_file(mut self, path: PathBuf) -> Self {
+        self.config_file = Some(path);
+        self
+    }
+
+    /// Lets reloads change the log level.
+    pub fn log_control(mut self, log: Option<LogControl>) -> Self {
+        self.log = log;
+        self
+    }
+
+    /// Starts serving; the returned handle drains and stops it.
     pub async fn start(self) -> Result<RunningEdge, ServeError> {
-        let Edge { config, grpc, admin } = self;
+        let Edge { config, grpc, admin, config_file, log } = self;
         let grpc_addr = grpc.local_addr().map_err(ServeError::Admin)?;
         let admin_addr = admin.local_addr().map_err(ServeError::Admin)?;
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let stopped = move || {
-            let mut stop_rx = stop_rx.clone();
-            async move {
-                let _ = stop_rx.wait_for(|stop| *stop).await;
-            }
-        };
-        let mut tasks = JoinSet::new();
+        let tls = config.server.tls.as_ref().map(tls::load).transpose()?.map(TlsSettings::new);
+        let live: LiveConfig = Arc::new(ArcSwap::from_pointee(config.clone()));
+        let (stop_serving, stop_background, stop_admin) = (Stop::new(), Stop::new(), Stop::new());
+        let mut background = JoinSet::new();
 
         let core_endpoint = match &config.upstream.endpoint {
             UpstreamEndpoint::Url(url) => url.clone(),
@@ -78,23 +129,17 @@ impl Edge {
                 let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0)), "embedded core").await?;
                 let url = format!("http://{}", listener.local_addr().map_err(ServeError::Admin)?);
                 let simulator = Simulator::new(config.upstream.embedded_merchants, crate::sim::DEFAULT_HISTORY);
-                let stop = stopped();
-                tasks.spawn(async move { simulator.serve(listener, stop).await.map_err(ServeError::from) });
+                let stop = stop_background.fired();
+                background.spawn(async move { simulator.serve(listener, stop).await.map_err(ServeError::from) });
                 url
             }
         };
-        let core = CoreClient::connect_lazy(&core_endpoint, config.upstream.connect_timeout, config.upstream.timeout)
-            .map_err(ServeError::Upstream)?;
+        let core =
+            CoreClient::connect_lazy(&core_endpoint, config.upstream.connect_timeout).map_err(ServeError::Upstream)?;
 
         let metrics = Arc::new(Metrics::default());
-        let feed = Arc::new(FeedStatus::new(config.feed.negative_ttl_when_down));
-        let resolver = Arc::new(Resolver::new(
-            config.merchant_id.clone(),
-            &config.cache,
-            core.clone(),
-            feed.clone(),
-            metrics.clone(),
-        ));
+        let feed = Arc::new(FeedStatus::new());
+        let resolver = Arc::new(Resolver::new(live.clone(), core.clone(), feed.clone(), metrics.clone()));
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let readiness = Readiness::new(health_reporter);
         readiness.set(false).await;
@@ -105,10 +150,10 @@ impl Edge {
             feed.clone(),
             metrics.clone(),
             readiness.clone(),
-            config.feed.clone(),
+            live.clone(),
         );
-        let follower_stop = stopped();
-        tasks.spawn(async move {
+        let follower_stop = stop_background.fired();
+        background.spawn(async move {
             tokio::select! {
                 () = follower.run() => {}
                 () = follower_stop => {}
@@ -116,38 +161,82 @@ impl Edge {
             Ok(())
         });
 
+        let reloader =
+            Arc::new(Reloader::new(config_file, live.clone(), resolver.clone(), metrics.clone(), log, tls.clone()));
+        let watcher = match reloader.path() {
+            Some(_) if config.reload.watch_file => Some(reload::watch_file(reloader.clone(), config.reload.debounce)?),
+            _ => None,
+        };
+
         let (reflection_v1, reflection_v1alpha) = crate::pb::reflection_services();
-        let max_request = config.server.max_request_bytes.get() as usize;
-        let lookup = MerchantLookupServer::new(LookupService::new(
-            resolver.clone(),
-            config.server.max_batch_size.get() as usize,
-        ))
-        .max_decoding_message_size(max_request);
-        let grpc_server = tonic::transport::Server::builder()
+        let lookup = MerchantLookupServer::new(LookupService::new(resolver.clone(), live.clone()))
+            .max_decoding_message_size(config.server.max_request_bytes.get() as usize);
+        let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(lookup)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped());
-        tasks.spawn(async move { grpc_server.await.map_err(ServeError::from) });
+            .add_service(lookup);
+        let stop = stop_serving.fired();
+        let grpc_task = match &tls {
+            Some(tls) => {
+                let incoming = tls.clone().incoming(grpc);
+                tokio::spawn(async move {
+                    router.serve_with_incoming_shutdown(incoming, stop).await.map_err(ServeError::from)
+                })
+            }
+            None => {
+                let incoming = TcpListenerStream::new(grpc);
+                tokio::spawn(async move {
+                    router.serve_with_incoming_shutdown(incoming, stop).await.map_err(ServeError::from)
+                })
+            }
+        };
 
         let admin_router = admin::router(AdminState {
             metrics: metrics.clone(),
             resolver: resolver.clone(),
             readiness: readiness.clone(),
             feed: feed.clone(),
+            config: live.clone(),
+            reloader: reloader.clone(),
         });
-        let admin_stop = stopped();
-        tasks.spawn(async move {
-            axum::serve(admin, admin_router).with_graceful_shutdown(admin_stop).await.map_err(ServeError::Admin)
+        let admin_stop = stop_admin.fired();
+        let admin_task = tokio::spawn(async move {
+            axum::serve(admin, admin_router.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(admin_stop)
+                .await
+                .map_err(ServeError::Admin)
         });
 
         if !config.feed.warm_start {
             readiness.set(true).await;
         }
-        tracing::info!(%grpc_addr, %admin_addr, upstream = %config.upstream.endpoint, %core_endpoint, "merchant-edge serving");
-        Ok(RunningEdge { grpc_addr, admin_addr, core_endpoint, metrics, feed, readiness, stop: stop_tx, tasks })
+        tracing::info!(
+            %grpc_addr,
+            %admin_addr,
+            tls = tls.is_some(),
+            upstream = %config.upstream.endpoint,
+            %core_endpoint,
+            "merchant-edge serving"
+        );
+        Ok(RunningEdge {
+            grpc_addr,
+            admin_addr,
+            core_endpoint,
+            metrics,
+            feed,
+            readiness,
+            reloader,
+            config: live,
+            stop_serving,
+            stop_background,
+            stop_admin,
+            grpc_task,
+            background,
+            admin_task,
+            _watcher: watcher,
+        })
     }
 }
 
@@ -160,28 +249,72 @@ pub struct RunningEdge {
     pub metrics: Arc<Metrics>,
     pub feed: Arc<FeedStatus>,
     pub readiness: Readiness,
-    stop: watch::Sender<bool>,
-    tasks: JoinSet<Result<(), ServeError>>,
+    pub reloader: Arc<Reloader>,
+    pub config: LiveConfig,
+    stop_serving: Stop,
+    stop_background: Stop,
+    stop_admin: Stop,
+    grpc_task: JoinHandle<Result<(), ServeError>>,
+    background: JoinSet<Result<(), ServeError>>,
+    admin_task: JoinHandle<Result<(), ServeError>>,
+    _watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl RunningEdge {
-    /// Serves until `signal` completes (or a server fails), then stops.
-    pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> Result<(), ServeError> {
+    /// Serves until `signal` completes (or the gRPC server fails), then drains.
+    pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> Result<Drain, ServeError> {
         tokio::select! {
             () = signal => {}
-            Some(failed) = self.tasks.join_next() => {
+            failed = &mut self.grpc_task => {
                 failed??;
+                return Err(ServeError::Upstream("the gRPC server stopped unexpectedly".into()));
             }
         }
         self.shutdown().await
     }
 
-    /// Stops accepting, lets in-flight calls finish, and waits for every server task.
-    pub async fn shutdown(mut self) -> Result<(), ServeError> {
-        self.stop.send_replace(true);
-        while let Some(result) = self.tasks.join_next().await {
-            result??;
+    /// Drains: health turns NOT_SERVING and readiness fails, the listener stops accepting and open
+    /// connections are told to go away, in-flight calls get `server.shutdown_grace` to finish (then
+    /// they are cut off), and only then do the feed, the embedded core and the admin endpoint stop.
+    pub async fn shutdown(mut self) -> Result<Drain, ServeError> {
+        let grace = self.config.load().server.shutdown_grace;
+        tracing::info!(?grace, "draining");
+        self.readiness.set(false).await;
+        self.stop_serving.fire();
+        let started = tokio::time::Instant::now();
+        let drain = match tokio::time::timeout(grace, &mut self.grpc_task).await {
+            Ok(finished) => {
+                finished??;
+                Drain::Clean
+            }
+            Err(_) => {
+                self.grpc_task.abort();
+                Drain::Forced
+            }
+        };
+        self.stop_background.fire();
+        let left = grace.saturating_sub(started.elapsed()).max(Duration::from_millis(100));
+        if tokio::time::timeout(left, async {
+            while let Some(finished) = self.background.join_next().await {
+                if let Err(error) = finished.map_err(ServeError::from).and_then(|result| result) {
+                    tracing::warn!(%error, "background task failed while stopping");
+                }
+            }
+        })
+        .await
+        .is_err()
+        {
+            self.background.abort_all();
         }
-        Ok(())
+        self.stop_admin.fire();
+        let _ = tokio::time::timeout(Duration::from_secs(1), &mut self.admin_task).await;
+        self.admin_task.abort();
+        match drain {
+            Drain::Clean => tracing::info!(elapsed = ?started.elapsed(), "drain clean: every call finished"),
+            Drain::Forced => {
+                tracing::warn!(?grace, "drain NOT clean: calls still open after the grace period were cut off")
+            }
+        }
+        Ok(drain)
     }
 }

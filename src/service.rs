@@ -3,6 +3,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use crate::config::LiveConfig;
 use crate::pb::merchant_lookup_server::MerchantLookup;
 use crate::pb::{
     BatchLookupRequest, BatchLookupResponse, BatchLookupResult, LookupError as ResultError, LookupRequest,
@@ -13,12 +14,12 @@ use crate::status::{lookup_code, CallError};
 
 pub struct LookupService {
     resolver: Arc<Resolver>,
-    max_batch: usize,
+    config: LiveConfig,
 }
 
 impl LookupService {
-    pub fn new(resolver: Arc<Resolver>, max_batch: usize) -> Self {
-        Self { resolver, max_batch }
+    pub fn new(resolver: Arc<Resolver>, config: LiveConfig) -> Self {
+        Self { resolver, config }
     }
 }
 
@@ -48,8 +49,9 @@ impl MerchantLookup for LookupService {
         request: Request<BatchLookupRequest>,
     ) -> Result<Response<BatchLookupResponse>, Status> {
         let ids = request.into_inner().merchant_ids;
-        if ids.len() > self.max_batch {
-            return Err(CallError::BatchTooLarge { got: ids.len(), max: self.max_batch }.into());
+        let max = self.config.load().server.max_batch_size.get() as usize;
+        if ids.len() > max {
+            return Err(CallError::BatchTooLarge { got: ids.len(), max }.into());
         }
         let answers = futures::future::join_all(ids.iter().map(|id| self.resolver.lookup(id))).await;
         let results = ids

@@ -1,16 +1,20 @@
 //! The two answer stores. Positive and negative answers live apart, each bounded and with its own TTL,
 //! so a flood of unknown IDs can only evict other "not found" entries, never a known merchant.
 //!
-//! moka bounds each store (TinyLFU admission resists scans) and reclaims memory on its own wall clock.
-//! Freshness is decided here, on tokio's clock, from when each answer was learned: so TTL changes apply
-//! to entries already stored, and tests can move time with tokio's paused clock.
+//! moka bounds each store (TinyLFU admission resists scans) and reclaims memory on its own wall clock,
+//! after the TTL stamped on each entry when it was stored. Freshness is decided here, on tokio's clock,
+//! against the shorter of that stamp and the TTL configured now: a shortened TTL applies at once to
+//! entries already stored, a lengthened one to entries stored from then on (so reloads never need to
+//! touch entries), and tests can move time with tokio's paused clock. Capacities cannot change in place
+//! in moka; [`Stores::migrate_from`] fills a new pair of stores from an old one.
 use std::sync::Arc;
 use std::time::Duration;
 
+use moka::notification::RemovalCause;
 use moka::sync::Cache;
 use tokio::time::Instant;
 
-use crate::config::CacheConfig;
+use crate::metrics::{EvictionCause, Metrics, StoreLabel};
 use crate::pb::Merchant;
 
 /// A merchant the core said exists.
@@ -20,68 +24,126 @@ pub struct PositiveEntry {
     /// The core sequence the record reflects.
     pub as_of_sequence: u64,
     pub learned_at: Instant,
+    /// The positive TTL when it was stored.
+    pub ttl: Duration,
 }
 
-/// The core's "no such merchant", remembered for `ttl`.
+/// The core's "no such merchant".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NegativeEntry {
     pub as_of_sequence: u64,
     pub learned_at: Instant,
-    /// Shorter than the configured negative TTL while the change feed cannot be trusted.
+    /// The negative TTL when it was stored (shorter while the change feed cannot be trusted).
     pub ttl: Duration,
 }
 
-/// Lets moka reclaim each negative entry after its own TTL.
-struct NegativeExpiry;
+/// What moka needs to know to reclaim an entry.
+trait Stamped {
+    fn ttl(&self) -> Duration;
+}
 
-impl moka::Expiry<Arc<str>, NegativeEntry> for NegativeExpiry {
-    fn expire_after_create(&self, _: &Arc<str>, entry: &NegativeEntry, _: std::time::Instant) -> Option<Duration> {
-        Some(entry.ttl)
+impl Stamped for Arc<PositiveEntry> {
+    fn ttl(&self) -> Duration {
+        self.ttl
+    }
+}
+
+impl Stamped for NegativeEntry {
+    fn ttl(&self) -> Duration {
+        self.ttl
+    }
+}
+
+/// Lets moka reclaim each entry after its own stamped TTL.
+struct StampedExpiry;
+
+impl<V: Stamped> moka::Expiry<Arc<str>, V> for StampedExpiry {
+    fn expire_after_create(&self, _: &Arc<str>, value: &V, _: std::time::Instant) -> Option<Duration> {
+        Some(value.ttl())
     }
 
     fn expire_after_update(
         &self,
         _: &Arc<str>,
-        entry: &NegativeEntry,
+        value: &V,
         _: std::time::Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(entry.ttl)
+        Some(value.ttl())
     }
+}
+
+fn within_ttl(learned_at: Instant, stamped: Duration, configured: Duration, now: Instant) -> bool {
+    now.saturating_duration_since(learned_at) < stamped.min(configured)
+}
+
+/// Most entries each store holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacities {
+    pub positive: u64,
+    pub negative: u64,
 }
 
 pub struct Stores {
     positive: Cache<Arc<str>, Arc<PositiveEntry>>,
     negative: Cache<Arc<str>, NegativeEntry>,
-    positive_ttl: Duration,
+    capacities: Capacities,
+}
+
+fn build<V: Stamped + Clone + Send + Sync + 'static>(
+    capacity: u64,
+    store: StoreLabel,
+    metrics: &Arc<Metrics>,
+) -> Cache<Arc<str>, V> {
+    let metrics = metrics.clone();
+    Cache::builder()
+        .max_capacity(capacity)
+        .expire_after(StampedExpiry)
+        .support_invalidation_closures()
+        .eviction_listener(move |_, _, cause| {
+            let cause = match cause {
+                RemovalCause::Expired => EvictionCause::Expired,
+                RemovalCause::Explicit => EvictionCause::Explicit,
+                RemovalCause::Replaced => EvictionCause::Replaced,
+                RemovalCause::Size => EvictionCause::Size,
+            };
+            metrics.count_eviction(store, cause);
+        })
+        .build()
 }
 
 impl Stores {
-    pub fn new(config: &CacheConfig) -> Self {
+    pub fn new(capacities: Capacities, metrics: &Arc<Metrics>) -> Self {
         Self {
-            positive: Cache::builder()
-                .name("positive")
-                .max_capacity(config.positive_capacity.get())
-                .time_to_live(config.positive_ttl)
-                .support_invalidation_closures()
-                .build(),
-            negative: Cache::builder()
-                .name("negative")
-                .max_capacity(config.negative_capacity.get())
-                .expire_after(NegativeExpiry)
-                .build(),
-            positive_ttl: config.positive_ttl,
+            positive: build(capacities.positive, StoreLabel::Positive, metrics),
+            negative: build(capacities.negative, StoreLabel::Negative, metrics),
+            capacities,
         }
     }
 
-    /// The stored merchant, if it is still within the positive TTL at `now`.
-    pub fn fresh_positive(&self, id: &str, now: Instant) -> Option<Arc<PositiveEntry>> {
-        self.positive.get(id).filter(|entry| now.saturating_duration_since(entry.learned_at) < self.positive_ttl)
+    pub fn capacities(&self) -> Capacities {
+        self.capacities
+    }
+
+    /// Copies every entry of `old` (the caller keeps writers out meanwhile). When shrinking, moka's
+    /// eviction policy decides which entries stay.
+    pub fn migrate_from(&self, old: &Stores) {
+        for (id, entry) in old.positive.iter() {
+            self.positive.insert(id.as_ref().clone(), entry);
+        }
+        for (id, entry) in old.negative.iter() {
+            self.negative.insert(id.as_ref().clone(), entry);
+        }
+    }
+
+    /// The stored merchant, if it is still within its TTL at `now`.
+    pub fn fresh_positive(&self, id: &str, now: Instant, ttl: Duration) -> Option<Arc<PositiveEntry>> {
+        self.positive.get(id).filter(|entry| within_ttl(entry.learned_at, entry.ttl, ttl, now))
     }
 
     /// The stored "not found", if it is still within its TTL at `now`.
-    pub fn fresh_negative(&self, id: &str, now: Instant) -> Option<NegativeEntry> {
-        self.negative.get(id).filter(|entry| now.saturating_duration_since(entry.learned_at) < entry.ttl)
+    pub fn fresh_negative(&self, id: &str, now: Instant, ttl: Duration) -> Option<NegativeEntry> {
+        self.negative.get(id).filter(|entry| within_ttl(entry.learned_at, entry.ttl, ttl, now))
     }
 
     /// Stores a merchant and forgets any "not found" for it.
@@ -144,17 +206,12 @@ impl Stores {
 
 #[cfg(test)]
 mod tests {
-    use std::num::NonZeroU64;
-
     use super::*;
 
-    fn stores(negative_capacity: u64) -> Stores {
-        Stores::new(&CacheConfig {
-            positive_capacity: NonZeroU64::new(1000).unwrap(),
-            positive_ttl: Duration::from_secs(60),
-            negative_capacity: NonZeroU64::new(negative_capacity).unwrap(),
-            negative_ttl: Duration::from_secs(5),
-        })
+    const LONG: Duration = Duration::from_secs(60);
+
+    fn stores(negative: u64) -> Stores {
+        Stores::new(Capacities { positive: 1000, negative }, &Arc::new(Metrics::default()))
     }
 
     fn merchant(id: &str) -> PositiveEntry {
@@ -162,6 +219,7 @@ mod tests {
             merchant: Merchant { merchant_id: id.into(), ..Default::default() },
             as_of_sequence: 1,
             learned_at: Instant::now(),
+            ttl: LONG,
         }
     }
 
@@ -170,32 +228,33 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn entries_expire_on_their_own_ttl() {
+    async fn entries_expire_on_the_shorter_of_their_stamp_and_the_current_ttl() {
         let stores = stores(100);
         stores.put_positive("a".into(), merchant("a"));
         stores.put_negative("b".into(), not_found(Duration::from_secs(5)));
         stores.put_negative("c".into(), not_found(Duration::from_millis(500)));
         tokio::time::advance(Duration::from_secs(1)).await;
         let now = Instant::now();
-        assert!(stores.fresh_positive("a", now).is_some());
-        assert!(stores.fresh_negative("b", now).is_some());
-        assert!(stores.fresh_negative("c", now).is_none(), "the short feed-down TTL is honoured");
+        assert!(stores.fresh_positive("a", now, LONG).is_some());
+        assert!(stores.fresh_negative("b", now, LONG).is_some());
+        assert!(stores.fresh_negative("c", now, LONG).is_none(), "its own short stamp is honoured");
+        assert!(stores.fresh_negative("b", now, Duration::from_secs(1)).is_none(), "a shortened TTL applies at once");
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert!(stores.fresh_negative("b", Instant::now()).is_none());
-        tokio::time::advance(Duration::from_secs(60)).await;
-        assert!(stores.fresh_positive("a", Instant::now()).is_none());
+        assert!(stores.fresh_negative("b", Instant::now(), Duration::from_secs(3600)).is_none(), "not lengthened");
+        tokio::time::advance(LONG).await;
+        assert!(stores.fresh_positive("a", Instant::now(), LONG).is_none());
     }
 
     #[tokio::test]
     async fn positive_and_negative_exclude_each_other() {
         let stores = stores(100);
-        stores.put_negative("a".into(), not_found(Duration::from_secs(5)));
+        stores.put_negative("a".into(), not_found(LONG));
         stores.put_positive("a".into(), merchant("a"));
-        assert!(stores.fresh_negative("a", Instant::now()).is_none());
-        stores.put_negative("a".into(), not_found(Duration::from_secs(5)));
-        assert!(stores.fresh_positive("a", Instant::now()).is_none());
+        assert!(stores.fresh_negative("a", Instant::now(), LONG).is_none());
+        stores.put_negative("a".into(), not_found(LONG));
+        assert!(stores.fresh_positive("a", Instant::now(), LONG).is_none());
         stores.remove("a");
-        assert!(stores.fresh_negative("a", Instant::now()).is_none());
+        assert!(stores.fresh_negative("a", Instant::now(), LONG).is_none());
     }
 
     #[tokio::test]
@@ -205,11 +264,29 @@ mod tests {
             stores.put_positive(format!("known{i}").into(), merchant("k"));
         }
         for i in 0..10_000 {
-            stores.put_negative(format!("unknown{i}").into(), not_found(Duration::from_secs(5)));
+            stores.put_negative(format!("unknown{i}").into(), not_found(LONG));
         }
         let (positive, negative) = stores.entry_counts();
         assert_eq!(positive, 100);
         assert!(negative <= 50, "negative store is bounded: {negative}");
-        assert!((0..100).all(|i| stores.fresh_positive(&format!("known{i}"), Instant::now()).is_some()));
+        assert!((0..100).all(|i| stores.fresh_positive(&format!("known{i}"), Instant::now(), LONG).is_some()));
+    }
+
+    #[tokio::test]
+    async fn migration_keeps_every_entry_that_fits() {
+        let old = stores(100);
+        for i in 0..20 {
+            old.put_positive(format!("known{i}").into(), merchant("k"));
+            old.put_negative(format!("unknown{i}").into(), not_found(LONG));
+        }
+        let grown = Stores::new(Capacities { positive: 2000, negative: 200 }, &Arc::new(Metrics::default()));
+        grown.migrate_from(&old);
+        assert_eq!(grown.entry_counts(), (20, 20));
+        let entry = grown.fresh_positive("known3", Instant::now(), LONG).unwrap();
+        assert_eq!(entry.as_of_sequence, 1, "entries move with their stamps");
+        let shrunk = Stores::new(Capacities { positive: 5, negative: 5 }, &Arc::new(Metrics::default()));
+        shrunk.migrate_from(&old);
+        let (positive, negative) = shrunk.entry_counts();
+        assert!(positive <= 5 && negative <= 5, "{positive} {negative}");
     }
 }

@@ -1,16 +1,42 @@
-//! Structured logs through `tracing`, to stderr, as text or JSON.
+//! Structured logs through `tracing`, to stderr, as text or JSON, with a level that a reload can change.
+use std::sync::Arc;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
 
-/// Installs the global subscriber; `RUST_LOG`, when set, overrides the configured level.
-pub fn init_logging(config: &LogConfig) {
+/// Installs a new filter; the concrete reload handle's type depends on the log format.
+type SetFilter = dyn Fn(&str) -> Result<(), String> + Send + Sync;
+
+/// Changes the log filter of the running process.
+#[derive(Clone)]
+pub struct LogControl(Arc<SetFilter>);
+
+impl LogControl {
+    pub fn set_level(&self, level: &str) -> Result<(), String> {
+        (self.0)(level)
+    }
+}
+
+/// Installs the global subscriber; `RUST_LOG`, when set, overrides the configured level at start.
+/// Returns `None` when a subscriber was already installed (tests start many servers in one process).
+pub fn init_logging(config: &LogConfig) -> Option<LogControl> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let installed = match config.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
-    // A second call (tests start many servers in one process) keeps the first subscriber.
-    drop(installed);
+    // The format must be chosen before the filter is made reloadable: the reload handle's type names it.
+    macro_rules! install {
+        ($format:expr) => {{
+            let builder = $format.with_env_filter(filter).with_writer(std::io::stderr).with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.try_init().ok()?;
+            let set = move |level: &str| {
+                let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+                handle.reload(filter).map_err(|e| e.to_string())
+            };
+            Some(LogControl(Arc::new(set)))
+        }};
+    }
+    match config.format {
+        LogFormat::Text => install!(tracing_subscriber::fmt()),
+        LogFormat::Json => install!(tracing_subscriber::fmt().json().flatten_event(true)),
+    }
 }

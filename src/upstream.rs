@@ -31,20 +31,19 @@ pub struct CoreAnswer {
 #[derive(Clone)]
 pub struct CoreClient {
     client: MerchantCoreClient<Channel>,
-    timeout: Duration,
 }
 
 impl CoreClient {
     /// A client that connects on first use and reconnects after failures, so the edge starts (and keeps
     /// serving from memory) while the core is down.
-    pub fn connect_lazy(url: &str, connect_timeout: Duration, timeout: Duration) -> Result<Self, String> {
+    pub fn connect_lazy(url: &str, connect_timeout: Duration) -> Result<Self, String> {
         let endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| format!("invalid upstream endpoint {url}: {e}"))?
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_while_idle(true);
-        Ok(Self { client: MerchantCoreClient::new(endpoint.connect_lazy()), timeout })
+        Ok(Self { client: MerchantCoreClient::new(endpoint.connect_lazy()) })
     }
 
     /// The underlying gRPC client, for the change feed and snapshot reads.
@@ -52,14 +51,15 @@ impl CoreClient {
         self.client.clone()
     }
 
-    pub async fn get_merchant(&self, merchant_id: &str) -> Result<CoreAnswer, UpstreamError> {
+    /// Reads one merchant, giving up after `timeout` (the config's `upstream.timeout` at call time).
+    pub async fn get_merchant(&self, merchant_id: &str, timeout: Duration) -> Result<CoreAnswer, UpstreamError> {
         let mut request = tonic::Request::new(GetMerchantRequest { merchant_id: merchant_id.to_owned() });
-        request.set_timeout(self.timeout);
+        request.set_timeout(timeout);
         let mut client = self.client.clone();
         let call = client.get_merchant(request);
-        let response = tokio::time::timeout(self.timeout, call)
+        let response = tokio::time::timeout(timeout, call)
             .await
-            .map_err(|_| UpstreamError::Timeout(self.timeout))?
+            .map_err(|_| UpstreamError::Timeout(timeout))?
             .map_err(|status| UpstreamError::Unavailable(describe_status(&status)))?
             .into_inner();
         let merchant = match (response.found, response.merchant) {

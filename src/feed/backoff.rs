@@ -13,6 +13,13 @@ impl Backoff {
         Self { initial, max, next: initial }
     }
 
+    /// Takes new bounds (from a config reload) for the delays still to come.
+    pub fn reconfigure(&mut self, initial: Duration, max: Duration) {
+        self.initial = initial;
+        self.max = max;
+        self.next = self.next.clamp(initial, max);
+    }
+
     pub fn reset(&mut self) {
         self.next = self.initial;
     }

@@ -21,7 +21,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 pub use self::status::{FeedStatus, Lag};
-use crate::config::FeedConfig;
+use crate::config::{FeedConfig, LiveConfig};
 use crate::metrics::{FeedMetrics, Metrics, ResyncReason};
 use crate::pb::merchant_core_client::MerchantCoreClient;
 use crate::pb::{ChangeNotice, ListMerchantsRequest, WatchChangesRequest};
@@ -52,7 +52,7 @@ pub struct Follower {
     status: Arc<FeedStatus>,
     metrics: Arc<Metrics>,
     readiness: Readiness,
-    config: FeedConfig,
+    config: LiveConfig,
     /// The core history the stores reflect, once known.
     incarnation: Option<String>,
     /// The applied sequence at the last gaps, and how many gaps in a row happened there.
@@ -69,9 +69,14 @@ impl Follower {
         status: Arc<FeedStatus>,
         metrics: Arc<Metrics>,
         readiness: Readiness,
-        config: FeedConfig,
+        config: LiveConfig,
     ) -> Self {
         Self { core, resolver, status, metrics, readiness, config, incarnation: None, gap_streak: (0, 0) }
+    }
+
+    /// The feed settings in force now (a reload may change them between streams).
+    fn settings(&self) -> FeedConfig {
+        self.config.load().feed.clone()
     }
 
     fn feed_metrics(&self) -> &FeedMetrics {
@@ -80,8 +85,9 @@ impl Follower {
 
     /// Follows the feed forever (the caller stops it by dropping the future).
     pub async fn run(mut self) {
-        let mut backoff = Backoff::new(self.config.reconnect_initial_backoff, self.config.reconnect_max_backoff);
-        let mut pending = Some(if self.config.warm_start { Sync::WarmStart } else { Sync::ColdStart });
+        let settings = self.settings();
+        let mut backoff = Backoff::new(settings.reconnect_initial_backoff, settings.reconnect_max_backoff);
+        let mut pending = Some(if settings.warm_start { Sync::WarmStart } else { Sync::ColdStart });
         loop {
             if let Some(sync) = pending.take() {
                 self.status.mark_down();
@@ -108,7 +114,9 @@ impl Follower {
                     tracing::warn!(%why, applied = self.status.applied(), "feed: change stream lost; resuming");
                 }
             }
-            if applied_any || opened.elapsed() >= self.config.reconnect_max_backoff {
+            let settings = self.settings();
+            backoff.reconfigure(settings.reconnect_initial_backoff, settings.reconnect_max_backoff);
+            if applied_any || opened.elapsed() >= settings.reconnect_max_backoff {
                 backoff.reset();
             }
             backoff.wait().await;
@@ -121,7 +129,8 @@ impl Follower {
     /// backwards, which the stream reports only as OUT_OF_RANGE): then nothing stored is kept.
     async fn sync(&mut self, sync: Sync) -> Result<(), Status> {
         let started = Instant::now();
-        let page_size = if sync == Sync::ColdStart { 1 } else { self.config.snapshot_page_size.get() };
+        let settings = self.settings();
+        let page_size = if sync == Sync::ColdStart { 1 } else { settings.snapshot_page_size.get() };
         let mut request = ListMerchantsRequest { page_size, page_token: String::new() };
         let mut page = self.core.list_merchants(request.clone()).await?.into_inner();
         let (sequence, incarnation) = (page.as_of_sequence, page.incarnation.clone());
@@ -132,28 +141,28 @@ impl Follower {
             Sync::Resync(reason) => Some(reason),
             Sync::WarmStart | Sync::ColdStart => None,
         };
-        self.resolver.begin_resync(history_changed);
+        self.resolver.begin_resync(history_changed).await;
         if sync == Sync::ColdStart {
             self.incarnation = Some(incarnation);
             self.status.restart_at(sequence);
             tracing::info!(sequence, "feed: cold start; following changes");
             return Ok(());
         }
-        let load_all = sync == Sync::WarmStart || self.config.warm_start;
+        let load_all = sync == Sync::WarmStart || settings.warm_start;
         let mut merchants = 0usize;
         loop {
             if page.incarnation != incarnation {
                 return Err(Status::aborted("the core restarted during the snapshot"));
             }
             merchants += page.merchants.len();
-            self.resolver.install_snapshot(page.merchants, page.as_of_sequence, load_all);
+            self.resolver.install_snapshot(page.merchants, page.as_of_sequence, load_all).await;
             if page.next_page_token.is_empty() {
                 break;
             }
             request.page_token = page.next_page_token;
             page = self.core.list_merchants(request.clone()).await?.into_inner();
         }
-        self.resolver.finish_resync(sequence);
+        self.resolver.finish_resync(sequence).await;
         self.incarnation = Some(incarnation);
         self.status.restart_at(sequence);
         if let Some(reason) = reason {
@@ -182,13 +191,14 @@ impl Follower {
         tracing::info!(after, "feed: following changes");
         let mut applied_any = false;
         let mut last_progress = Instant::now();
-        let check_every = self.config.stall_timeout / 4;
+        let patience = self.settings().stall_timeout;
+        let check_every = patience / 4;
         let mut stall_check = tokio::time::interval_at(last_progress + check_every, check_every);
         loop {
             tokio::select! {
                 message = stream.message() => {
                     let end = match message {
-                        Ok(Some(notice)) => match self.apply(&notice) {
+                        Ok(Some(notice)) => match self.apply(&notice).await {
                             Ok(applied) => {
                                 if applied {
                                     applied_any = true;
@@ -205,7 +215,6 @@ impl Follower {
                 }
                 _ = stall_check.tick() => {
                     let now = Instant::now();
-                    let patience = self.config.stall_timeout;
                     if self.status.behind_for(patience, now) && now.duration_since(last_progress) >= patience {
                         let lag = self.status.lag(Instant::now());
                         return (StreamEnd::Reconnect(format!("stalled: {} notices behind for {:?}", lag.notices, lag.duration)), applied_any);
@@ -225,7 +234,7 @@ impl Follower {
 
     /// Applies one notice if it is the next in sequence; returns whether it was applied (false for a
     /// repeat), or why the stream must end.
-    fn apply(&mut self, notice: &ChangeNotice) -> Result<bool, StreamEnd> {
+    async fn apply(&mut self, notice: &ChangeNotice) -> Result<bool, StreamEnd> {
         if self.incarnation.as_ref().is_some_and(|known| !notice.incarnation.is_empty() && *known != notice.incarnation)
         {
             return Err(StreamEnd::Resync(ResyncReason::CoreRestarted));
@@ -245,7 +254,7 @@ impl Follower {
             let gap = format!("gap: expected sequence {}, got {}", applied + 1, notice.sequence);
             return Err(StreamEnd::Reconnect(gap));
         }
-        if let Err(problem) = self.resolver.apply_change(notice) {
+        if let Err(problem) = self.resolver.apply_change(notice).await {
             tracing::error!(%problem, "feed: the core sent a notice the edge cannot apply");
             return Err(StreamEnd::Resync(ResyncReason::MalformedNotice));
         }

@@ -18,7 +18,6 @@ pub struct FeedStatus {
     down_since: AtomicU64,
     /// Since when the core has been ahead of the applied notices (`NEVER` while caught up).
     behind_since: AtomicU64,
-    negative_ttl_when_down: Duration,
 }
 
 /// How far the edge trails the core.
@@ -29,16 +28,21 @@ pub struct Lag {
     pub duration: Duration,
 }
 
+impl Default for FeedStatus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl FeedStatus {
     /// Starts down: nothing is trusted until the feed has synced and connected.
-    pub fn new(negative_ttl_when_down: Duration) -> Self {
+    pub fn new() -> Self {
         Self {
             origin: Instant::now(),
             applied: AtomicU64::new(0),
             head: AtomicU64::new(0),
             down_since: AtomicU64::new(0),
             behind_since: AtomicU64::new(NEVER),
-            negative_ttl_when_down,
         }
     }
 
@@ -113,19 +117,20 @@ impl FeedStatus {
 
     /// Whether a "not found" learned at `learned_at` may still be served at `now`. While the feed is
     /// down or behind, a notice that would have removed it may not have been applied, so it is trusted
-    /// only for `negative_ttl_when_down` past the later of when it was learned and when trust was lost.
-    pub fn trusts_negative(&self, learned_at: Instant, now: Instant) -> bool {
+    /// only for `when_down` (`feed.negative_ttl_when_down`) past the later of when it was learned and
+    /// when trust was lost.
+    pub fn trusts_negative(&self, learned_at: Instant, now: Instant, when_down: Duration) -> bool {
         match self.untrusted_since() {
             None => true,
-            Some(since) => now.saturating_duration_since(learned_at.max(since)) < self.negative_ttl_when_down,
+            Some(since) => now.saturating_duration_since(learned_at.max(since)) < when_down,
         }
     }
 
     /// The TTL for a "not found" learned now.
-    pub fn negative_ttl(&self, configured: Duration) -> Duration {
+    pub fn negative_ttl(&self, configured: Duration, when_down: Duration) -> Duration {
         match self.untrusted_since() {
             None => configured,
-            Some(_) => configured.min(self.negative_ttl_when_down),
+            Some(_) => configured.min(when_down),
         }
     }
 
@@ -152,26 +157,29 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn negatives_are_trusted_briefly_while_the_feed_is_down() {
-        let status = FeedStatus::new(WHEN_DOWN);
+        let status = FeedStatus::new();
         status.mark_connected();
         let learned = Instant::now();
         tokio::time::advance(Duration::from_secs(20)).await;
-        assert!(status.trusts_negative(learned, Instant::now()), "connected: the store's own TTL decides");
+        assert!(status.trusts_negative(learned, Instant::now(), WHEN_DOWN), "connected: the store's own TTL decides");
         status.mark_down();
-        assert!(status.trusts_negative(learned, Instant::now()));
+        assert!(status.trusts_negative(learned, Instant::now(), WHEN_DOWN));
         tokio::time::advance(WHEN_DOWN).await;
-        assert!(!status.trusts_negative(learned, Instant::now()), "learned before the outage, trusted 1s into it");
-        assert_eq!(status.negative_ttl(Duration::from_secs(30)), WHEN_DOWN);
+        assert!(
+            !status.trusts_negative(learned, Instant::now(), WHEN_DOWN),
+            "learned before the outage, trusted 1s into it"
+        );
+        assert_eq!(status.negative_ttl(Duration::from_secs(30), WHEN_DOWN), WHEN_DOWN);
         let learned_while_down = Instant::now();
         tokio::time::advance(Duration::from_millis(500)).await;
-        assert!(status.trusts_negative(learned_while_down, Instant::now()));
+        assert!(status.trusts_negative(learned_while_down, Instant::now(), WHEN_DOWN));
         status.mark_connected();
-        assert_eq!(status.negative_ttl(Duration::from_secs(30)), Duration::from_secs(30));
+        assert_eq!(status.negative_ttl(Duration::from_secs(30), WHEN_DOWN), Duration::from_secs(30));
     }
 
     #[tokio::test(start_paused = true)]
     async fn lag_counts_notices_and_time_behind() {
-        let status = FeedStatus::new(WHEN_DOWN);
+        let status = FeedStatus::new();
         status.restart_at(10);
         status.mark_connected();
         assert_eq!(status.lag(Instant::now()), Lag { notices: 0, duration: Duration::ZERO });
@@ -189,30 +197,33 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_reconnect_behind_the_core_does_not_renew_trust() {
-        let status = FeedStatus::new(WHEN_DOWN);
+        let status = FeedStatus::new();
         status.mark_connected();
         let learned = Instant::now();
         status.mark_down();
         status.observe_head(3);
         tokio::time::advance(Duration::from_secs(5)).await;
         status.mark_connected();
-        assert!(!status.trusts_negative(learned, Instant::now()), "the backlog is not applied yet");
+        assert!(!status.trusts_negative(learned, Instant::now(), WHEN_DOWN), "the backlog is not applied yet");
         assert_eq!(status.lag(Instant::now()).duration, Duration::from_secs(5));
         status.set_applied(3);
-        assert!(status.trusts_negative(learned, Instant::now()), "caught up: the notices would have removed it");
+        assert!(
+            status.trusts_negative(learned, Instant::now(), WHEN_DOWN),
+            "caught up: the notices would have removed it"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_head_seen_before_its_notice_briefly_narrows_trust() {
-        let status = FeedStatus::new(WHEN_DOWN);
+        let status = FeedStatus::new();
         status.mark_connected();
         let learned = Instant::now();
         tokio::time::advance(Duration::from_secs(60)).await;
         status.observe_head(1);
-        assert!(status.trusts_negative(learned, Instant::now()), "within the window after falling behind");
+        assert!(status.trusts_negative(learned, Instant::now(), WHEN_DOWN), "within the window after falling behind");
         tokio::time::advance(WHEN_DOWN).await;
-        assert!(!status.trusts_negative(learned, Instant::now()));
+        assert!(!status.trusts_negative(learned, Instant::now(), WHEN_DOWN));
         status.set_applied(1);
-        assert!(status.trusts_negative(learned, Instant::now()));
+        assert!(status.trusts_negative(learned, Instant::now(), WHEN_DOWN));
     }
 }

@@ -1,0 +1,159 @@
+//! Live config reload. Every trigger (SIGHUP, `POST /reload`, a change of the file) comes here: the
+//! file is parsed and validated whole, everything that can still fail (reading TLS files) is prepared,
+//! and only then is the new config swapped in and applied. A bad config changes nothing and is reported
+//! with its file, line and key. Restart-only keys keep their running values and are reported as
+//! "restart required".
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, Mutex};
+
+use crate::config::{Config, ConfigError, LiveConfig};
+use crate::metrics::{Metrics, ReloadTrigger};
+use crate::resolver::Resolver;
+use crate::telemetry::LogControl;
+use crate::tls::{self, TlsError, TlsSettings};
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("no config file to reload: the edge was started without --config (on the embedded default)")]
+    NoFile,
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// What a successful reload did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReloadReport {
+    /// Keys whose new values are now in force.
+    pub applied: Vec<String>,
+    /// Keys whose new values wait for a restart, with what they would become.
+    pub restart_required: Vec<String>,
+    /// Hash of the effective config now running.
+    pub config_hash: String,
+}
+
+pub struct Reloader {
+    path: Option<PathBuf>,
+    live: LiveConfig,
+    resolver: Arc<Resolver>,
+    metrics: Arc<Metrics>,
+    log: Option<LogControl>,
+    tls: Option<Arc<TlsSettings>>,
+    /// One reload at a time, whatever triggered it.
+    serial: Mutex<()>,
+}
+
+impl Reloader {
+    pub fn new(
+        path: Option<PathBuf>,
+        live: LiveConfig,
+        resolver: Arc<Resolver>,
+        metrics: Arc<Metrics>,
+        log: Option<LogControl>,
+        tls: Option<Arc<TlsSettings>>,
+    ) -> Self {
+        metrics.config.loaded(&live.load().hash());
+        Self { path, live, resolver, metrics, log, tls, serial: Mutex::new(()) }
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Reloads the config file, or changes nothing and says why.
+    pub async fn reload(&self, trigger: ReloadTrigger) -> Result<ReloadReport, ReloadError> {
+        let _serial = self.serial.lock().await;
+        let result = self.reload_file().await;
+        self.metrics.config.reloaded(trigger, result.is_ok());
+        match &result {
+            Ok(report) => tracing::info!(
+                ?trigger,
+                applied = ?report.applied,
+                restart_required = ?report.restart_required,
+                hash = %report.config_hash,
+                "config reloaded"
+            ),
+            Err(error) => tracing::error!(?trigger, %error, "config reload rejected; the running config stays"),
+        }
+        result
+    }
+
+    async fn reload_file(&self) -> Result<ReloadReport, ReloadError> {
+        let path = self.path.as_ref().ok_or(ReloadError::NoFile)?;
+        let wanted = Config::load(path)?;
+        let running = self.live.load_full();
+        let next = wanted.clone().with_restart_only_from(&running);
+        let restart_required: Vec<String> = wanted
+            .restart_only()
+            .into_iter()
+            .zip(running.restart_only())
+            .filter(|(wanted, running)| wanted != running)
+            .map(|((key, value), (_, now))| format!("{key} = {value} (running: {now})"))
+            .collect();
+        // Everything that can fail happens before anything changes.
+        let tls = match (&self.tls, &next.server.tls) {
+            (Some(settings), Some(config)) => Some((settings, tls::load(config)?)),
+            _ => None,
+        };
+        let applied = next.changed_keys(&running);
+        let config_hash = next.hash();
+        self.live.store(Arc::new(next.clone()));
+        if let Some((settings, config)) = tls {
+            settings.replace(config);
+        }
+        if let Some(log) = &self.log {
+            if let Err(error) = log.set_level(&next.log.level) {
+                tracing::warn!(%error, "log level not changed");
+            }
+        }
+        if self.resolver.apply_capacities(&next.cache).await {
+            tracing::info!(
+                positive = %next.cache.positive_capacity,
+                negative = %next.cache.negative_capacity,
+                "stores rebuilt for the new capacities; entries migrated"
+            );
+        }
+        self.metrics.config.loaded(&config_hash);
+        Ok(ReloadReport { applied, restart_required, config_hash })
+    }
+}
+
+/// Reloads whenever the config file changes: watches its directory (a Kubernetes ConfigMap update swaps
+/// a symlink there rather than writing the file), waits until events stop for `debounce`, and reloads
+/// if the file's content differs from what was last read. Runs until the returned watcher is dropped.
+pub fn watch_file(reloader: Arc<Reloader>, debounce: Duration) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let path = reloader.path().map(Path::to_path_buf).ok_or(notify::Error::generic("no config file to watch"))?;
+    let directory = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let (events, mut changed) = mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = events.send(());
+        }
+    })?;
+    watcher.watch(&directory, notify::RecursiveMode::NonRecursive)?;
+    tokio::spawn(async move {
+        let mut last_seen = std::fs::read(&path).ok();
+        while changed.recv().await.is_some() {
+            loop {
+                match tokio::time::timeout(debounce, changed.recv()).await {
+                    Ok(Some(())) => continue,
+                    Ok(None) => return,
+                    Err(_quiet) => break,
+                }
+            }
+            let content = std::fs::read(&path).ok();
+            if content.is_some() && content != last_seen {
+                last_seen = content;
+                let _ = reloader.reload(ReloadTrigger::FileWatch).await;
+            }
+        }
+    });
+    Ok(watcher)
+}
