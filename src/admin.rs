@@ -1,7 +1,7 @@
 //! The operators' HTTP endpoint (loopback by default): liveness, readiness, Prometheus metrics, the
 //! effective config and reload. Endpoints that change state answer loopback clients only, unless
 //! `admin.allow_remote_changes` is set.
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, State};
@@ -78,8 +78,13 @@ async fn config(State(state): State<AdminState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body)
 }
 
+/// Whether a client at `peer` may use endpoints that change state.
+fn may_change_state(peer: IpAddr, allow_remote_changes: bool) -> bool {
+    allow_remote_changes || peer.is_loopback() || peer.to_canonical().is_loopback()
+}
+
 async fn reload(State(state): State<AdminState>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
-    if !peer.ip().is_loopback() && !state.config.load().admin.allow_remote_changes {
+    if !may_change_state(peer.ip(), state.config.load().admin.allow_remote_changes) {
         tracing::warn!(%peer, "refused POST /reload from a non-loopback client");
         let message = "state-changing endpoints answer loopback clients only (see admin.allow_remote_changes)";
         return (StatusCode::FORBIDDEN, Json(serde_json::json!({ "error": message }))).into_response();
@@ -93,6 +98,22 @@ async fn reload(State(state): State<AdminState>, ConnectInfo(peer): ConnectInfo<
                 ReloadError::Invalid(_) | ReloadError::Tls(_) => StatusCode::UNPROCESSABLE_ENTITY,
             };
             (code, Json(serde_json::json!({ "error": error.to_string() }))).into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_may_change_state_unless_allowed() {
+        for loopback in ["127.0.0.1", "127.3.2.1", "::1", "::ffff:127.0.0.1"] {
+            assert!(may_change_state(loopback.parse().unwrap(), false), "{loopback}");
+        }
+        for remote in ["10.0.0.7", "192.168.1.20", "2001:db8::1", "::ffff:10.0.0.7"] {
+            assert!(!may_change_state(remote.parse().unwrap(), false), "{remote}");
+            assert!(may_change_state(remote.parse().unwrap(), true), "{remote} with allow_remote_changes");
         }
     }
 }

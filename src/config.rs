@@ -337,7 +337,7 @@ impl Config {
     /// Checks what the types alone cannot: ranges and combinations of keys.
     fn semantic_problems(&self) -> Vec<(&'static str, String)> {
         let mut problems = Vec::new();
-        if self.server.listen == self.admin.listen {
+        if self.server.listen == self.admin.listen && self.server.listen.port() != 0 {
             problems.push(("admin.listen", format!("must differ from server.listen ({})", self.server.listen)));
         }
         for (key, value) in [

@@ -347,6 +347,13 @@ impl Default for Metrics {
         let feed = FeedMetrics::register(&mut registry);
         let config = ConfigMetrics::register(&mut registry);
         let evictions = Family::<EvictionLabels, Counter>::default();
+        // Every series exists from the start, so rates and alerts work before the first eviction.
+        for store in [StoreLabel::Positive, StoreLabel::Negative] {
+            for cause in [EvictionCause::Expired, EvictionCause::Size, EvictionCause::Explicit, EvictionCause::Replaced]
+            {
+                drop(evictions.get_or_create(&EvictionLabels { store, cause }));
+            }
+        }
         registry.register("cache_evictions", "Entries that left a store, by store and cause", evictions.clone());
         let store_hits = Family::<StoreLabels, Counter>::default();
         registry.register("cache_hits", "Lookups answered by a store", store_hits.clone());
@@ -357,7 +364,7 @@ impl Default for Metrics {
             store_misses.clone(),
         );
         let build_info = Family::<BuildInfoLabels, Gauge>::default();
-        registry.register("build", "The running build", build_info.clone());
+        registry.register("build_info", "The running build", build_info.clone());
         build_info.get_or_create(&BuildInfoLabels { version: env!("CARGO_PKG_VERSION").to_owned() }).set(1);
         Self {
             registry,

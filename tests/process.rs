@@ -1,0 +1,148 @@
+//! The real binary under signals: SIGTERM drains (bounded by the grace period even with streams held
+//! open) and SIGHUP reloads, including the log level.
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A running `merchant-edge serve` on loopback ports chosen by the OS.
+struct Served {
+    child: Child,
+    grpc: SocketAddr,
+    admin: SocketAddr,
+    config: PathBuf,
+}
+
+fn config_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("merchant-edge-process-{name}-{}.toml", std::process::id()))
+}
+
+/// Loopback ports chosen by the OS, a short grace period, a small embedded core; `server` adds keys to
+/// `[server]`, `rest` appends tables.
+fn config_text(server: &str, rest: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"500ms\"\n{server}[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstream]\nembedded_merchants = 1000\n[reload]\nwatch_file = false\n{rest}"
+    )
+}
+
+impl Served {
+    async fn start(name: &str, config_text: String) -> Self {
+        let config = config_path(name);
+        std::fs::write(&config, config_text).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_merchant-edge"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start merchant-edge");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let banner = tokio::time::timeout(Duration::from_secs(30), stdout.next_line())
+            .await
+            .expect("the edge prints where it listens")
+            .unwrap()
+            .unwrap();
+        // "merchant-edge listening for gRPC on 127.0.0.1:PORT (admin http://127.0.0.1:PORT)"
+        let words: Vec<&str> = banner.split_whitespace().collect();
+        let grpc = words[words.iter().position(|w| *w == "on").unwrap() + 1].parse().unwrap();
+        let admin = words.last().unwrap().trim_start_matches("http://").trim_end_matches(')').parse().unwrap();
+        tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+        let served = Self { child, grpc, admin, config };
+        wait_until("the edge is ready", || async { http_get(served.admin, "/readyz").await.0 == 200 }).await;
+        served
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        let status = std::process::Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit (at most 10 s: far beyond any grace period used here).
+    async fn exit(mut self) -> (ExitStatus, String) {
+        let mut stderr = String::new();
+        let mut pipe = self.child.stderr.take().unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(10), async {
+            pipe.read_to_string(&mut stderr).await.unwrap();
+            self.child.wait().await.unwrap()
+        })
+        .await
+        .expect("the edge exits after SIGTERM");
+        let _ = std::fs::remove_file(&self.config);
+        (status, stderr)
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_cleanly_and_exits_zero() {
+    let served = Served::start("clean", config_text("", "")).await;
+    let mut client = merchant_edge::pb::merchant_lookup_client::MerchantLookupClient::new(channel(served.grpc).await);
+    assert!(lookup(&mut client, KNOWN).await.unwrap().found);
+    drop(client);
+    served.signal("-TERM");
+    let (status, stderr) = served.exit().await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("drain clean"), "{stderr}");
+}
+
+#[tokio::test]
+async fn sigterm_with_a_stream_held_open_exits_within_the_grace_period() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::{server_reflection_request::MessageRequest, ServerReflectionRequest};
+
+    let served = Served::start("held", config_text("", "")).await;
+    // A reflection stream that the client never closes.
+    let (requests, held) = tokio::sync::mpsc::channel(1);
+    let mut reflection = ServerReflectionClient::new(channel(served.grpc).await);
+    let list = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    requests.send(list).await.unwrap();
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(held))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(responses.message().await.unwrap().is_some(), "the stream is open");
+
+    let asked = std::time::Instant::now();
+    served.signal("-TERM");
+    let (status, stderr) = served.exit().await;
+    let took = asked.elapsed();
+    assert_eq!(status.code(), Some(1), "calls were cut off: {stderr}");
+    assert!(stderr.contains("drain NOT clean"), "{stderr}");
+    println!("exited {took:?} after SIGTERM with shutdown_grace = 500ms and a stream held open");
+    drop(requests);
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_config_and_the_log_level() {
+    let served = Served::start("sighup", config_text("", "[log]\nlevel = \"warn\"\n")).await;
+    assert!(http_get(served.admin, "/config").await.1.contains("max_batch_size = 1000"));
+    // A reloadable key changes, and info-level logs, hidden until now, appear once the new level is in force.
+    std::fs::write(&served.config, config_text("max_batch_size = 9\n", "[log]\nlevel = \"info\"\n")).unwrap();
+    served.signal("-HUP");
+    wait_until("the reload is in force", || async {
+        http_get(served.admin, "/config").await.1.contains("max_batch_size = 9")
+    })
+    .await;
+    let (_, metrics) = http_get(served.admin, "/metrics").await;
+    assert!(
+        metrics.contains(r#"merchant_edge_config_reloads_total{trigger="sighup",result="success"} 1"#),
+        "{metrics}"
+    );
+    served.signal("-TERM");
+    let (status, stderr) = served.exit().await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("merchant-edge serving"), "info was hidden at level warn: {stderr}");
+    assert!(stderr.contains("drain clean"), "info shows after the reload to level info: {stderr}");
+}
