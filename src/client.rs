@@ -1,22 +1,45 @@
 //! `merchant-edge lookup`: a small client that asks a running edge and prints each answer on one line.
-use tonic::transport::{Channel, Endpoint};
+use std::path::PathBuf;
+
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Status;
 
 use crate::pb::merchant_lookup_client::MerchantLookupClient;
 use crate::pb::{LookupRequest, LookupResponse, MerchantStatus, Source};
 
-/// Accepts `host:port` or a full `http://host:port` URL.
-pub fn server_url(server: &str) -> String {
-    if server.contains("://") {
-        server.to_owned()
-    } else {
-        format!("http://{server}")
+/// How to reach the edge: TLS when a CA is given, with a client certificate for mutual TLS.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    /// PEM CA that signed the edge's certificate.
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate and key, for an edge that requires mutual TLS.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+/// Accepts `host:port` or a full URL; `https` when TLS is asked for.
+pub fn server_url(server: &str, tls: bool) -> String {
+    match (server.contains("://"), tls) {
+        (true, _) => server.to_owned(),
+        (false, false) => format!("http://{server}"),
+        (false, true) => format!("https://{server}"),
     }
 }
 
-pub async fn connect(server: &str) -> Result<MerchantLookupClient<Channel>, String> {
-    let url = server_url(server);
-    let endpoint = Endpoint::from_shared(url.clone()).map_err(|e| format!("invalid server address {server}: {e}"))?;
+fn read(path: &PathBuf) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+pub async fn connect(server: &str, tls: &ClientTls) -> Result<MerchantLookupClient<Channel>, String> {
+    let url = server_url(server, tls.ca.is_some());
+    let mut endpoint =
+        Endpoint::from_shared(url.clone()).map_err(|e| format!("invalid server address {server}: {e}"))?;
+    if let Some(ca) = &tls.ca {
+        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+        if let Some((cert, key)) = &tls.identity {
+            config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        endpoint = endpoint.tls_config(config).map_err(|e| format!("TLS settings: {e}"))?;
+    }
     let channel = endpoint
         .connect_timeout(std::time::Duration::from_secs(3))
         .connect()
@@ -26,8 +49,8 @@ pub async fn connect(server: &str) -> Result<MerchantLookupClient<Channel>, Stri
 }
 
 /// Looks each ID up and prints one line per ID; returns how many lookups failed.
-pub async fn lookup_and_print(server: &str, ids: &[String]) -> Result<usize, String> {
-    let mut client = connect(server).await?;
+pub async fn lookup_and_print(server: &str, tls: &ClientTls, ids: &[String]) -> Result<usize, String> {
+    let mut client = connect(server, tls).await?;
     let mut failures = 0;
     for id in ids {
         let outcome = client.lookup(LookupRequest { merchant_id: id.clone() }).await.map(|r| r.into_inner());
@@ -95,6 +118,7 @@ mod tests {
         assert!(render("898999999999999", &Ok(missing)).contains("NOT FOUND"));
         let error = render("x", &Err(Status::invalid_argument("rule `length`")));
         assert_eq!(error, "x  error InvalidArgument: rule `length`");
-        assert_eq!(server_url("127.0.0.1:50051"), "http://127.0.0.1:50051");
+        assert_eq!(server_url("127.0.0.1:50051", false), "http://127.0.0.1:50051");
+        assert_eq!(server_url("edge.bank:50051", true), "https://edge.bank:50051");
     }
 }

@@ -72,8 +72,8 @@ pub async fn core_sim(listen: SocketAddr, merchants: u64, history: usize) -> Res
 }
 
 /// `merchant-edge lookup`: exit status 1 when any lookup failed.
-pub async fn lookup(server: &str, ids: &[String]) -> ExitCode {
-    match crate::client::lookup_and_print(server, ids).await {
+pub async fn lookup(server: &str, tls: &crate::client::ClientTls, ids: &[String]) -> ExitCode {
+    match crate::client::lookup_and_print(server, tls, ids).await {
         Ok(0) => ExitCode::SUCCESS,
         Ok(_) => ExitCode::from(1),
         Err(message) => {

@@ -38,6 +38,15 @@ enum Command {
         ids: Vec<String>,
         #[arg(long, default_value = "127.0.0.1:50051")]
         server: String,
+        /// Connect over TLS, trusting this PEM CA.
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// Client certificate (PEM) for an edge that requires mutual TLS; needs --key and --ca.
+        #[arg(long, value_name = "FILE", requires_all = ["key", "ca"])]
+        cert: Option<PathBuf>,
+        /// Client private key (PEM) for --cert.
+        #[arg(long, value_name = "FILE", requires = "cert")]
+        key: Option<PathBuf>,
     },
     /// Validate a config file and print its effective values.
     CheckConfig { file: PathBuf },
@@ -55,7 +64,10 @@ fn main() -> ExitCode {
             Command::CoreSim { listen, merchants, history } => {
                 commands::core_sim(listen, merchants, history).await.map(|()| ExitCode::SUCCESS)
             }
-            Command::Lookup { ids, server } => Ok(commands::lookup(&server, &ids).await),
+            Command::Lookup { ids, server, ca, cert, key } => {
+                let tls = merchant_edge::client::ClientTls { ca, identity: cert.zip(key) };
+                Ok(commands::lookup(&server, &tls, &ids).await)
+            }
             Command::CheckConfig { .. } => unreachable!("handled before the runtime starts"),
         }
     });

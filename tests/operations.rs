@@ -2,7 +2,7 @@
 //! a drain, and TLS / mutual TLS with certificates replaced on reload.
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -12,30 +12,6 @@ use merchant_edge::pb::{BatchLookupRequest, LookupRequest, Source};
 use merchant_edge::server::{Drain, Edge, RunningEdge};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::Code;
-
-/// A scratch directory removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("merchant-edge-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn write(&self, name: &str, content: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, content).unwrap();
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn config_text(core: &Core, extra: &str) -> String {
     format!(
@@ -328,41 +304,6 @@ async fn a_drain_without_open_calls_is_clean() {
     lookup(&mut client, KNOWN).await.unwrap();
     drop(client);
     assert_eq!(edge.shutdown().await.unwrap(), Drain::Clean);
-}
-
-/// A certificate authority and the certificates it issues, written as PEM files.
-struct Pki {
-    scratch: Scratch,
-    ca: rcgen::Certificate,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-impl Pki {
-    fn new(name: &str) -> Self {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, format!("{name} test CA"));
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let ca = params.self_signed(&ca_key).unwrap();
-        let scratch = Scratch::new(name);
-        scratch.write("ca.pem", &ca.pem());
-        Self { scratch, ca, issuer: rcgen::Issuer::new(params, ca_key) }
-    }
-
-    /// Issues a certificate for `names` and writes `{file}.pem` and `{file}.key`.
-    fn issue(&self, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
-        let params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let certificate = params.signed_by(&key, &self.issuer).unwrap();
-        (
-            self.scratch.write(&format!("{file}.pem"), &certificate.pem()),
-            self.scratch.write(&format!("{file}.key"), &key.serialize_pem()),
-        )
-    }
-
-    fn ca_pem(&self) -> String {
-        self.ca.pem()
-    }
 }
 
 async fn tls_client(

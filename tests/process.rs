@@ -146,3 +146,31 @@ async fn sighup_reloads_the_config_and_the_log_level() {
     assert!(!stderr.contains("merchant-edge serving"), "info was hidden at level warn: {stderr}");
     assert!(stderr.contains("drain clean"), "info shows after the reload to level info: {stderr}");
 }
+
+#[tokio::test]
+async fn the_lookup_client_speaks_tls() {
+    let pki = Pki::new("process-tls");
+    let (cert, key) = pki.issue("server", &["localhost", "127.0.0.1"]);
+    let tls = format!("[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n", cert.display(), key.display());
+    let served = Served::start("tls", config_text("", &tls)).await;
+    let server = served.grpc.to_string();
+    let ca = pki.scratch.0.join("ca.pem");
+    let lookup = |args: Vec<String>| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_merchant-edge")).args(args).output().unwrap()
+    };
+    let over_tls = lookup(vec![
+        "lookup".into(),
+        KNOWN.into(),
+        "--server".into(),
+        server.clone(),
+        "--ca".into(),
+        ca.display().to_string(),
+    ]);
+    let printed = String::from_utf8_lossy(&over_tls.stdout);
+    assert!(over_tls.status.success(), "{printed} {}", String::from_utf8_lossy(&over_tls.stderr));
+    assert!(printed.contains(&format!("{KNOWN}  found  ACTIVE")), "{printed}");
+    let plaintext = lookup(vec!["lookup".into(), KNOWN.into(), "--server".into(), server]);
+    assert!(!plaintext.status.success(), "a plaintext lookup must fail against a TLS edge");
+    served.signal("-TERM");
+    assert_eq!(served.exit().await.0.code(), Some(0));
+}

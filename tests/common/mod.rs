@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use merchant_edge::config::{Config, UpstreamEndpoint};
@@ -167,4 +168,63 @@ pub async fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, S
 /// A connected channel to a loopback server, for clients generated without a `connect` helper.
 pub async fn channel(addr: SocketAddr) -> Channel {
     Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.expect("connect")
+}
+
+/// A scratch directory removed when dropped.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("merchant-edge-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    pub fn write(&self, name: &str, content: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A certificate authority and the certificates it issues, written as PEM files.
+pub struct Pki {
+    pub scratch: Scratch,
+    ca: rcgen::Certificate,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    pub fn new(name: &str) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, format!("{name} test CA"));
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = params.self_signed(&ca_key).unwrap();
+        let scratch = Scratch::new(name);
+        scratch.write("ca.pem", &ca.pem());
+        Self { scratch, ca, issuer: rcgen::Issuer::new(params, ca_key) }
+    }
+
+    /// Issues a certificate for `names` and writes `{file}.pem` and `{file}.key`.
+    pub fn issue(&self, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let certificate = params.signed_by(&key, &self.issuer).unwrap();
+        (
+            self.scratch.write(&format!("{file}.pem"), &certificate.pem()),
+            self.scratch.write(&format!("{file}.key"), &key.serialize_pem()),
+        )
+    }
+
+    pub fn ca_pem(&self) -> String {
+        self.ca.pem()
+    }
 }
