@@ -90,7 +90,10 @@ async fn reload(State(state): State<AdminState>, ConnectInfo(peer): ConnectInfo<
         return (StatusCode::FORBIDDEN, Json(serde_json::json!({ "error": message }))).into_response();
     }
     tracing::info!(%peer, "reload requested over the admin endpoint");
-    match state.reloader.reload(ReloadTrigger::Admin).await {
+    // In its own task: a client that hangs up must not cancel a reload halfway through.
+    let reloader = state.reloader.clone();
+    let reloaded = tokio::spawn(async move { reloader.reload(ReloadTrigger::Admin).await });
+    match reloaded.await.expect("a reload does not panic") {
         Ok(report) => (StatusCode::OK, Json(report)).into_response(),
         Err(error) => {
             let code = match error {

@@ -340,22 +340,26 @@ impl Config {
         if self.server.listen == self.admin.listen && self.server.listen.port() != 0 {
             problems.push(("admin.listen", format!("must differ from server.listen ({})", self.server.listen)));
         }
-        for (key, value) in [
-            ("server.shutdown_grace", self.server.shutdown_grace),
-            ("upstream.timeout", self.upstream.timeout),
-            ("upstream.connect_timeout", self.upstream.connect_timeout),
-            ("cache.positive_ttl", self.cache.positive_ttl),
-            ("cache.negative_ttl", self.cache.negative_ttl),
+        // Bounds keep every duration usable by the timers and clocks downstream (tonic panics on
+        // "unrealistically large" timeouts) and catch unit slips such as "30" days for "30s".
+        let (ms, hour, year) = (Duration::from_millis(1), Duration::from_secs(3600), Duration::from_secs(31_536_000));
+        let up_to_an_hour = (ms, hour, "1ms and 1h");
+        let up_to_a_year = (ms, year, "1ms and 365d");
+        for (key, value, (min, max, range)) in [
+            ("server.shutdown_grace", self.server.shutdown_grace, up_to_an_hour),
+            ("upstream.timeout", self.upstream.timeout, up_to_an_hour),
+            ("upstream.connect_timeout", self.upstream.connect_timeout, up_to_an_hour),
+            ("cache.positive_ttl", self.cache.positive_ttl, up_to_a_year),
+            ("cache.negative_ttl", self.cache.negative_ttl, up_to_a_year),
+            ("feed.negative_ttl_when_down", self.feed.negative_ttl_when_down, (Duration::ZERO, year, "0s and 365d")),
+            ("feed.reconnect_initial_backoff", self.feed.reconnect_initial_backoff, up_to_an_hour),
+            ("feed.reconnect_max_backoff", self.feed.reconnect_max_backoff, up_to_an_hour),
+            ("feed.stall_timeout", self.feed.stall_timeout, (100 * ms, hour, "100ms and 1h")),
+            ("reload.debounce", self.reload.debounce, (50 * ms, Duration::from_secs(60), "50ms and 1m")),
         ] {
-            if value.is_zero() {
-                problems.push((key, "must be longer than 0s".to_owned()));
+            if value < min || value > max {
+                problems.push((key, format!("must be between {range}")));
             }
-        }
-        if self.feed.reconnect_initial_backoff.is_zero() {
-            problems.push(("feed.reconnect_initial_backoff", "must be longer than 0s".to_owned()));
-        }
-        if self.feed.stall_timeout < Duration::from_millis(100) {
-            problems.push(("feed.stall_timeout", "must be at least 100ms".to_owned()));
         }
         if self.feed.reconnect_max_backoff < self.feed.reconnect_initial_backoff {
             problems.push((
@@ -392,6 +396,8 @@ impl Config {
             ("upstream.connect_timeout", format!("{:?}", self.upstream.connect_timeout)),
             ("upstream.embedded_merchants", self.upstream.embedded_merchants.to_string()),
             ("log.format", format!("{:?}", self.log.format)),
+            ("reload.watch_file", self.reload.watch_file.to_string()),
+            ("reload.debounce", format!("{:?}", self.reload.debounce)),
         ]
     }
 
@@ -407,6 +413,7 @@ impl Config {
         self.upstream.connect_timeout = running.upstream.connect_timeout;
         self.upstream.embedded_merchants = running.upstream.embedded_merchants;
         self.log.format = running.log.format;
+        self.reload = running.reload.clone();
         self
     }
 
@@ -528,7 +535,9 @@ mod tests {
         let err = Config::parse("[merchant_id]\nmin_length = 20\nmax_length = 10\n", "e").unwrap_err();
         assert!(err.to_string().contains("merchant_id"), "{err}");
         let err = Config::parse("[cache]\nnegative_ttl = \"0s\"\n", "e").unwrap_err();
-        assert!(err.to_string().contains("e:2: cache.negative_ttl: must be longer than 0s"), "{err}");
+        assert!(err.to_string().contains("e:2: cache.negative_ttl: must be between 1ms and 365d"), "{err}");
+        let err = Config::parse("[upstream]\ntimeout = \"20000years\"\n", "e").unwrap_err();
+        assert!(err.to_string().contains("e:2: upstream.timeout: must be between 1ms and 1h"), "{err}");
     }
 
     #[test]

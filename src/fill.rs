@@ -38,7 +38,8 @@ impl Fill {
         outcome.expect("waited for Some")
     }
 
-    fn publish(&self, outcome: FillOutcome) {
+    /// Hands the outcome to every waiter (before it is cached, which may have to wait).
+    pub fn publish(&self, outcome: FillOutcome) {
         self.outcome.send_replace(Some(outcome));
     }
 }
@@ -76,20 +77,21 @@ impl Fills {
         }
     }
 
-    /// Ends a fill: if it still holds its slot, began in the current epoch and its answer is not older
-    /// than what the edge had applied, runs `install` (which says whether it stored anything) while
-    /// holding the slot's lock; then hands the outcome to every waiter. Returns whether it installed.
-    pub fn finish(
+    /// Ends a fill whose outcome was published: if it still holds its slot, began in the current epoch
+    /// and its answer is not older than what the edge had applied, runs `install` (which says whether
+    /// it stored anything) while holding the slot's lock; then frees the slot. Returns whether it
+    /// installed. A failure (`None`) only frees the slot.
+    pub fn settle(
         &self,
         id: &str,
         fill: &Arc<Fill>,
-        outcome: FillOutcome,
+        answer: Option<&CoreAnswer>,
         install: impl FnOnce(&CoreAnswer) -> bool,
     ) -> bool {
         let mut installed = false;
         self.in_flight.remove_if(id, |_, holder| {
             let holds_slot = Arc::ptr_eq(holder, fill);
-            if let (true, Ok(answer)) = (holds_slot, &outcome) {
+            if let (true, Some(answer)) = (holds_slot, answer) {
                 let epoch = self.epoch.read();
                 if *epoch == fill.epoch && answer.as_of_sequence >= fill.started_after_sequence {
                     installed = install(answer);
@@ -97,7 +99,6 @@ impl Fills {
             }
             holds_slot
         });
-        fill.publish(outcome);
         installed
     }
 
@@ -144,8 +145,9 @@ mod tests {
         let Role::Follower(follower) = fills.join_or_start("m", 0) else { panic!("second follows") };
         assert!(Arc::ptr_eq(&leader, &follower));
         let waiter = tokio::spawn(async move { follower.outcome().await });
-        assert!(fills.finish("m", &leader, answer(3), |_| true));
+        leader.publish(answer(3));
         assert_eq!(waiter.await.unwrap(), answer(3));
+        assert!(fills.settle("m", &leader, answer(3).as_ref().ok(), |_| true));
         assert!(matches!(fills.join_or_start("m", 0), Role::Leader(_)), "a finished fill frees the slot");
     }
 
@@ -157,16 +159,17 @@ mod tests {
         assert!(fills.supersede("m", || applied = true));
         assert!(applied);
         let Role::Leader(fresh) = fills.join_or_start("m", 1) else { panic!("must not join the old fill") };
-        assert!(!fills.finish("m", &old, answer(0), |_| panic!("old fill installed")));
+        old.publish(answer(0));
+        assert!(!fills.settle("m", &old, answer(0).as_ref().ok(), |_| panic!("old fill installed")));
         assert_eq!(old.outcome().await, answer(0), "its own waiters still get an answer");
-        assert!(fills.finish("m", &fresh, answer(1), |_| true));
+        assert!(fills.settle("m", &fresh, answer(1).as_ref().ok(), |_| true));
     }
 
     #[tokio::test]
     async fn answers_older_than_applied_notices_are_not_installed() {
         let fills = Fills::default();
         let Role::Leader(fill) = fills.join_or_start("m", 10) else { panic!() };
-        assert!(!fills.finish("m", &fill, answer(9), |_| panic!("stale answer installed")));
+        assert!(!fills.settle("m", &fill, answer(9).as_ref().ok(), |_| panic!("stale answer installed")));
     }
 
     #[tokio::test]
@@ -175,7 +178,7 @@ mod tests {
         let Role::Leader(fill) = fills.join_or_start("m", 0) else { panic!() };
         fills.advance_epoch();
         assert!(!fills.is_current(&fill));
-        assert!(!fills.finish("m", &fill, answer(5), |_| panic!("pre-resync answer installed")));
+        assert!(!fills.settle("m", &fill, answer(5).as_ref().ok(), |_| panic!("pre-resync answer installed")));
         let Role::Leader(fresh) = fills.join_or_start("m", 0) else { panic!() };
         assert!(fills.is_current(&fresh));
     }
@@ -185,7 +188,9 @@ mod tests {
         let fills = Fills::default();
         let Role::Leader(fill) = fills.join_or_start("m", 0) else { panic!() };
         let failure: FillOutcome = Err(UpstreamError::Unavailable("down".into()));
-        assert!(!fills.finish("m", &fill, failure.clone(), |_| panic!("failure installed")));
+        fill.publish(failure.clone());
+        assert!(!fills.settle("m", &fill, None, |_| panic!("failure installed")));
         assert_eq!(fill.outcome().await, failure);
+        assert!(matches!(fills.join_or_start("m", 0), Role::Leader(_)), "a failure frees the slot");
     }
 }

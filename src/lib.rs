@@ -12,11 +12,13 @@
 //! - [`service`]: the terminal-facing `MerchantLookup` gRPC service; [`status`] maps errors to gRPC codes.
 //! - [`readiness`], [`admin`], [`metrics`], [`telemetry`]: what operators see.
 //! - [`reload`]: live config reload (SIGHUP, `POST /reload`, file watch), validated and atomic.
-//! - [`tls`]: TLS and mutual TLS for terminals, with certificates replaced on reload.
+//! - [`tls`]: TLS and mutual TLS for terminals, with certificates replaced on reload; [`accept`]: the
+//!   accept loop that pauses on errors instead of spinning.
 //! - [`server`]: assembles a running edge from a config and bound listeners, and drains it.
 //! - [`sim`]: the bank-core simulator (`core-sim`, and the embedded default upstream).
 //! - [`client`], [`commands`]: the `lookup` client and the binary's subcommands.
 //! - [`pb`]: generated protobuf code.
+pub mod accept;
 pub mod admin;
 pub mod client;
 pub mod commands;

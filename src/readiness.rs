@@ -1,4 +1,7 @@
 //! Readiness, reported the same way to gRPC health checks and to the admin `/readyz`.
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use tokio::sync::watch;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
@@ -8,36 +11,79 @@ use crate::service::LookupService;
 
 /// The gRPC health-check name under which the change feed's state is reported.
 pub const FEED_HEALTH_SERVICE: &str = "merchant.v1.ChangeFeed";
+const LOOKUP_SERVICE: &str = <MerchantLookupServer<LookupService> as tonic::server::NamedService>::NAME;
 
 #[derive(Clone)]
 pub struct Readiness {
     ready: watch::Sender<bool>,
+    /// Once set, nothing makes the edge ready again (a warm start finishing mid-drain must not).
+    draining: Arc<AtomicBool>,
     health: HealthReporter,
 }
 
 impl Readiness {
     /// Starts not ready.
     pub fn new(health: HealthReporter) -> Self {
-        Self { ready: watch::Sender::new(false), health }
+        Self { ready: watch::Sender::new(false), draining: Arc::new(AtomicBool::new(false)), health }
     }
 
     pub fn is_ready(&self) -> bool {
         *self.ready.borrow()
     }
 
+    fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
     /// Reports the change feed as its own health-check service, so probes can tell "serving, but the
     /// feed is down" from "not serving".
     pub async fn set_feed(&self, connected: bool) {
+        if self.is_draining() {
+            return;
+        }
         let status = if connected { ServingStatus::Serving } else { ServingStatus::NotServing };
         self.health.set_service_status(FEED_HEALTH_SERVICE, status).await;
     }
 
     pub async fn set(&self, ready: bool) {
+        if ready && self.is_draining() {
+            return;
+        }
         self.ready.send_replace(ready);
         let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
         self.health.set_service_status("", status).await;
-        self.health
-            .set_service_status(<MerchantLookupServer<LookupService> as tonic::server::NamedService>::NAME, status)
-            .await;
+        self.health.set_service_status(LOOKUP_SERVICE, status).await;
+    }
+
+    /// For good: reports NOT_SERVING everywhere, then ends health Watch streams (load balancers hold
+    /// them open, and a drain would otherwise wait for them until the grace period runs out). Checks
+    /// after this answer NOT_FOUND, which probes treat as not serving.
+    pub async fn begin_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.ready.send_replace(false);
+        let mut health = self.health.clone();
+        for service in ["", LOOKUP_SERVICE, FEED_HEALTH_SERVICE] {
+            health.set_service_status(service, ServingStatus::NotServing).await;
+        }
+        for service in ["", LOOKUP_SERVICE, FEED_HEALTH_SERVICE] {
+            health.clear_service_status(service).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn nothing_makes_a_draining_edge_ready_again() {
+        let (reporter, _service) = tonic_health::server::health_reporter();
+        let readiness = Readiness::new(reporter);
+        readiness.set(true).await;
+        assert!(readiness.is_ready());
+        readiness.begin_draining().await;
+        readiness.set(true).await;
+        readiness.set_feed(true).await;
+        assert!(!readiness.is_ready(), "a warm start finishing mid-drain must not undo it");
     }
 }

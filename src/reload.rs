@@ -107,7 +107,8 @@ impl Reloader {
         if let Some((settings, config)) = tls {
             settings.replace(config);
         }
-        if let Some(log) = &self.log {
+        // Only a changed level is installed, so a reload of other keys keeps a RUST_LOG filter.
+        if let (Some(log), true) = (&self.log, next.log.level != running.log.level) {
             if let Err(error) = log.set_level(&next.log.level) {
                 tracing::warn!(%error, "log level not changed");
             }
@@ -124,36 +125,72 @@ impl Reloader {
     }
 }
 
+/// Whether a file-system event in the config's directory can mean the config changed: writes,
+/// creations, renames and removals of the file itself, or of Kubernetes' `..data` symlink. Reads are
+/// not (the watcher's own reads would otherwise wake it forever).
+fn may_change(event: &notify::Event, file_name: &std::ffi::OsStr) -> bool {
+    use notify::EventKind;
+    matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) | EventKind::Any)
+        && event.paths.iter().any(|path| {
+            path.file_name().is_some_and(|name| name == file_name || name.to_string_lossy().starts_with("..data"))
+        })
+}
+
 /// Reloads whenever the config file changes: watches its directory (a Kubernetes ConfigMap update swaps
-/// a symlink there rather than writing the file), waits until events stop for `debounce`, and reloads
-/// if the file's content differs from what was last read. Runs until the returned watcher is dropped.
+/// a symlink there rather than writing the file), waits until events stop for `debounce` (at most ten
+/// debounce periods in all), and reloads if the file's content differs from the last content that
+/// loaded. Runs until the returned watcher is dropped.
 pub fn watch_file(reloader: Arc<Reloader>, debounce: Duration) -> notify::Result<notify::RecommendedWatcher> {
     use notify::Watcher;
     let path = reloader.path().map(Path::to_path_buf).ok_or(notify::Error::generic("no config file to watch"))?;
     let directory = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let file_name =
+        path.file_name().map(ToOwned::to_owned).ok_or(notify::Error::generic("the config path names no file"))?;
     let (events, mut changed) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        if event.is_ok_and(|event| may_change(&event, &file_name)) {
             let _ = events.send(());
         }
     })?;
     watcher.watch(&directory, notify::RecursiveMode::NonRecursive)?;
     tokio::spawn(async move {
-        let mut last_seen = std::fs::read(&path).ok();
+        let mut loaded = tokio::fs::read(&path).await.ok();
         while changed.recv().await.is_some() {
+            let settle_by = tokio::time::Instant::now() + debounce * 10;
             loop {
                 match tokio::time::timeout(debounce, changed.recv()).await {
-                    Ok(Some(())) => continue,
+                    Ok(Some(())) if tokio::time::Instant::now() < settle_by => continue,
+                    Ok(Some(())) | Err(_) => break,
                     Ok(None) => return,
-                    Err(_quiet) => break,
                 }
             }
-            let content = std::fs::read(&path).ok();
-            if content.is_some() && content != last_seen {
-                last_seen = content;
-                let _ = reloader.reload(ReloadTrigger::FileWatch).await;
+            let content = tokio::fs::read(&path).await.ok();
+            if content.is_some() && content != loaded && reloader.reload(ReloadTrigger::FileWatch).await.is_ok() {
+                loaded = content;
             }
         }
     });
     Ok(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{AccessKind, CreateKind, ModifyKind};
+    use notify::{Event, EventKind};
+
+    use super::*;
+
+    fn event(kind: EventKind, path: &str) -> Event {
+        Event::new(kind).add_path(PathBuf::from(path))
+    }
+
+    #[test]
+    fn only_changes_to_the_config_or_its_configmap_link_count() {
+        let name = std::ffi::OsStr::new("edge.toml");
+        assert!(may_change(&event(EventKind::Modify(ModifyKind::Any), "/etc/edge/edge.toml"), name));
+        assert!(may_change(&event(EventKind::Create(CreateKind::Any), "/etc/edge/..data"), name));
+        assert!(may_change(&event(EventKind::Create(CreateKind::Any), "/etc/edge/..data_tmp"), name));
+        assert!(!may_change(&event(EventKind::Access(AccessKind::Any), "/etc/edge/edge.toml"), name), "reads");
+        assert!(!may_change(&event(EventKind::Modify(ModifyKind::Any), "/etc/edge/other.toml"), name));
+    }
 }

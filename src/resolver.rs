@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use futures::FutureExt;
 use tokio::sync::RwLock;
 use tokio::time::Instant;
 
@@ -171,7 +172,12 @@ impl Resolver {
     async fn run_fill(&self, id: Arc<str>, fill: Arc<Fill>) {
         let started = Instant::now();
         let timeout = self.config.load().upstream.timeout;
-        let outcome = self.core.get_merchant(&id, timeout).await;
+        // A panic below must still answer the waiters and free the slot, or every later lookup of this
+        // ID would wait for this fill forever.
+        let outcome = std::panic::AssertUnwindSafe(self.core.get_merchant(&id, timeout))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| Err(UpstreamError::Unavailable("internal error while asking the core".into())));
         let result = match &outcome {
             Ok(answer) if answer.merchant.is_some() => CoreCallResult::Found,
             Ok(_) => CoreCallResult::NotFound,
@@ -186,8 +192,10 @@ impl Resolver {
             }
         }
         let learned_at = Instant::now();
+        fill.publish(outcome.clone());
+        // Caching may wait for a capacity migration; the callers above already have their answer.
         let _writes = self.store_writes.read().await;
-        let installed = self.fills.finish(&id, &fill, outcome.clone(), |answer| {
+        let installed = self.fills.settle(&id, &fill, outcome.as_ref().ok(), |answer| {
             // Only a strictly newer stored state wins, so an entry past its TTL can be refreshed with an
             // answer as of the same sequence, but a lagging core replica cannot roll an entry back.
             let merchant = answer.merchant.clone();

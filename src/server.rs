@@ -11,7 +11,6 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::{self, AdminState};
 use crate::config::{Config, LiveConfig, UpstreamEndpoint};
@@ -186,7 +185,7 @@ impl Edge {
                 })
             }
             None => {
-                let incoming = TcpListenerStream::new(grpc);
+                let incoming = crate::accept::plaintext(grpc);
                 tokio::spawn(async move {
                     router.serve_with_incoming_shutdown(incoming, stop).await.map_err(ServeError::from)
                 })
@@ -273,16 +272,19 @@ impl RunningEdge {
         self.shutdown().await
     }
 
-    /// Drains: health turns NOT_SERVING and readiness fails, the listener stops accepting and open
-    /// connections are told to go away, in-flight calls get `server.shutdown_grace` to finish (then
-    /// they are cut off), and only then do the feed, the embedded core and the admin endpoint stop.
+    /// Drains within `server.shutdown_grace`: health turns NOT_SERVING (health Watch streams end) and
+    /// readiness fails, the listener stops accepting and open connections are told to go away,
+    /// in-flight calls get the grace period less a small reserve to finish (then they are cut off),
+    /// and in the reserve the feed, the embedded core and the admin endpoint stop.
     pub async fn shutdown(mut self) -> Result<Drain, ServeError> {
         let grace = self.config.load().server.shutdown_grace;
-        tracing::info!(?grace, "draining");
-        self.readiness.set(false).await;
-        self.stop_serving.fire();
         let started = tokio::time::Instant::now();
-        let drain = match tokio::time::timeout(grace, &mut self.grpc_task).await {
+        let deadline = started + grace;
+        let reserve = (grace / 10).min(Duration::from_millis(200));
+        tracing::info!(?grace, "draining");
+        self.readiness.begin_draining().await;
+        self.stop_serving.fire();
+        let drain = match tokio::time::timeout_at(deadline - reserve, &mut self.grpc_task).await {
             Ok(finished) => {
                 finished??;
                 Drain::Clean
@@ -293,22 +295,20 @@ impl RunningEdge {
             }
         };
         self.stop_background.fire();
-        let left = grace.saturating_sub(started.elapsed()).max(Duration::from_millis(100));
-        if tokio::time::timeout(left, async {
+        let background = async {
             while let Some(finished) = self.background.join_next().await {
                 if let Err(error) = finished.map_err(ServeError::from).and_then(|result| result) {
                     tracing::warn!(%error, "background task failed while stopping");
                 }
             }
-        })
-        .await
-        .is_err()
-        {
+        };
+        if tokio::time::timeout_at(deadline, background).await.is_err() {
             self.background.abort_all();
         }
         self.stop_admin.fire();
-        let _ = tokio::time::timeout(Duration::from_secs(1), &mut self.admin_task).await;
-        self.admin_task.abort();
+        if tokio::time::timeout_at(deadline, &mut self.admin_task).await.is_err() {
+            self.admin_task.abort();
+        }
         match drain {
             Drain::Clean => tracing::info!(elapsed = ?started.elapsed(), "drain clean: every call finished"),
             Drain::Forced => {

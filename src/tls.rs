@@ -10,17 +10,21 @@ use arc_swap::ArcSwap;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::accept;
 use crate::config::TlsConfig;
 
 /// A handshake that has not finished by then is dropped, so slow or silent clients cannot pile up.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; beyond it, accepting waits (so a flood of silent connections cannot
+/// exhaust file descriptors).
+const MAX_HANDSHAKES: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -88,25 +92,27 @@ impl TlsSettings {
     }
 
     /// Accepts TCP connections on `listener` and yields those that complete a TLS handshake.
-    /// Handshakes run concurrently, so one slow client does not hold up the others.
+    /// Handshakes run concurrently (up to a bound), so one slow client does not hold up the others.
     pub fn incoming(self: Arc<Self>, listener: TcpListener) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
         let (ready, incoming) = mpsc::channel(64);
+        let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
+            let mut pause = accept::Pause::default();
             loop {
-                let (stream, peer) = tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok(accepted) => accepted,
-                        Err(error) => {
-                            tracing::warn!(%error, "tls: accept failed");
-                            continue;
+                let (slot, (stream, peer)) = tokio::select! {
+                    slot = handshakes.clone().acquire_owned() => {
+                        let Ok(slot) = slot else { return };
+                        tokio::select! {
+                            accepted = accept::accept(&listener, &mut pause) => (slot, accepted),
+                            () = ready.closed() => return,
                         }
-                    },
+                    }
                     () = ready.closed() => return,
                 };
-                let _ = stream.set_nodelay(true);
                 let acceptor = TlsAcceptor::from(self.0.load_full());
                 let ready = ready.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = ready.send(Ok(tls)).await;

@@ -274,26 +274,35 @@ async fn metrics_parse_as_prometheus_text_with_the_documented_names() {
 }
 
 #[tokio::test]
-async fn health_goes_not_serving_while_draining_and_a_held_stream_cannot_hold_the_exit() {
+async fn a_drain_reports_not_serving_and_lets_calls_in_flight_finish() {
+    use merchant_edge::pb::SetFaultsRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
 
     let core = Core::start(1000).await;
     let mut config = edge_config(&core.url());
-    config.server.shutdown_grace = Duration::from_millis(300);
+    config.server.shutdown_grace = Duration::from_secs(30);
     let edge = start_following_edge(config).await;
     let admin = edge.admin_addr;
     let mut health = HealthClient::new(channel(edge.grpc_addr).await);
     let request = HealthCheckRequest { service: "merchant.v1.MerchantLookup".into() };
     let mut watch = health.watch(request).await.unwrap().into_inner();
     assert_eq!(watch.message().await.unwrap().unwrap().status, ServingStatus::Serving as i32);
+    // A lookup in flight: the core has read it and holds the answer.
+    core.set_faults(SetFaultsRequest { hang: true, ..Default::default() }).await;
+    let mut terminal = client(&edge).await;
+    let in_flight = tokio::spawn(async move { lookup(&mut terminal, KNOWN).await });
+    wait_until("the core has the call", || async { core.stats().await.get_merchant_calls == 1 }).await;
 
     let draining = tokio::spawn(edge.shutdown());
     assert_eq!(watch.message().await.unwrap().unwrap().status, ServingStatus::NotServing as i32);
+    assert!(!matches!(watch.message().await, Ok(Some(_))), "the health watch ends, so it cannot hold the drain");
     let (status, body) = http_get(admin, "/readyz").await;
     assert_eq!(status, 503, "{body}");
-    assert_eq!(draining.await.unwrap().unwrap(), Drain::Forced, "the open watch stream was cut off");
+    core.set_faults(SetFaultsRequest::default()).await;
+    assert!(in_flight.await.unwrap().unwrap().found, "the call in flight finished during the drain");
+    assert_eq!(draining.await.unwrap().unwrap(), Drain::Clean);
 }
 
 #[tokio::test]
