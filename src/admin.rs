@@ -11,20 +11,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use tokio::time::Instant;
 
-use crate::config::LiveConfig;
-use crate::feed::FeedStatus;
-use crate::metrics::{Metrics, ReloadTrigger};
-use crate::readiness::Readiness;
+use crate::metrics::ReloadTrigger;
 use crate::reload::{ReloadError, Reloader};
-use crate::resolver::Resolver;
+use crate::shared::Shared;
 
 #[derive(Clone)]
 pub struct AdminState {
-    pub metrics: Arc<Metrics>,
-    pub resolver: Arc<Resolver>,
-    pub readiness: Readiness,
-    pub feed: Arc<FeedStatus>,
-    pub config: LiveConfig,
+    pub shared: Shared,
     pub reloader: Arc<Reloader>,
 }
 
@@ -42,12 +35,12 @@ pub fn router(state: AdminState) -> Router {
 /// serving while the feed is down (from memory), so the feed does not decide readiness, but operators
 /// need to see it.
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
-    let (code, verdict) = if state.readiness.is_ready() {
+    let (code, verdict) = if state.shared.readiness.is_ready() {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready: warming up or draining")
     };
-    let feed = &state.feed;
+    let feed = &state.shared.feed;
     let lag = feed.lag(Instant::now());
     let link = if feed.is_connected() { "connected" } else { "DOWN" };
     let body = format!(
@@ -61,15 +54,18 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    let (positive, negative) = state.resolver.stores().entry_counts();
-    state.metrics.set_cache_entries(positive, negative);
-    state.metrics.feed.refresh(&state.feed);
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
+    let (positive, negative) = state.shared.resolver.stores().entry_counts();
+    state.shared.metrics.set_cache_entries(positive, negative);
+    state.shared.metrics.feed.refresh(&state.shared.feed);
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.shared.metrics.encode(),
+    )
 }
 
 /// The effective config, every default filled in, as TOML.
 async fn config(State(state): State<AdminState>) -> impl IntoResponse {
-    let config = state.config.load();
+    let config = state.shared.config.load();
     let source = match state.reloader.path() {
         Some(path) => format!("loaded from {}", path.display()),
         None => "the embedded default (no --config)".to_owned(),
@@ -84,7 +80,7 @@ fn may_change_state(peer: IpAddr, allow_remote_changes: bool) -> bool {
 }
 
 async fn reload(State(state): State<AdminState>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
-    if !may_change_state(peer.ip(), state.config.load().admin.allow_remote_changes) {
+    if !may_change_state(peer.ip(), state.shared.config.load().admin.allow_remote_changes) {
         tracing::warn!(%peer, "refused POST /reload from a non-loopback client");
         let message = "state-changing endpoints answer loopback clients only (see admin.allow_remote_changes)";
         return (StatusCode::FORBIDDEN, Json(serde_json::json!({ "error": message }))).into_response();

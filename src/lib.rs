@@ -14,6 +14,7 @@
 //! - [`reload`]: live config reload (SIGHUP, `POST /reload`, file watch), validated and atomic.
 //! - [`tls`]: TLS and mutual TLS for terminals, with certificates replaced on reload; [`accept`]: the
 //!   accept loop that pauses on errors instead of spinning.
+//! - [`shared`]: the handles the parts of a running edge share.
 //! - [`server`]: assembles a running edge from a config and bound listeners, and drains it.
 //! - [`sim`]: the bank-core simulator (`core-sim`, and the embedded default upstream).
 //! - [`client`], [`commands`]: the `lookup` client and the binary's subcommands.
@@ -33,6 +34,7 @@ pub mod reload;
 pub mod resolver;
 pub mod server;
 pub mod service;
+pub mod shared;
 pub mod sim;
 pub mod status;
 pub mod store;

@@ -135,6 +135,7 @@ struct BuildInfoLabels {
 }
 
 /// Config reload bookkeeping, as Prometheus exports its own.
+#[derive(Default)]
 pub struct ConfigMetrics {
     last_reload_successful: Gauge,
     last_reload_success_timestamp: Gauge<f64, AtomicU64>,
@@ -144,12 +145,7 @@ pub struct ConfigMetrics {
 
 impl ConfigMetrics {
     fn register(registry: &mut Registry) -> Self {
-        let config = Self {
-            last_reload_successful: Gauge::default(),
-            last_reload_success_timestamp: Gauge::default(),
-            reloads: Family::default(),
-            info: Family::default(),
-        };
+        let config = Self::default();
         let registry = registry.sub_registry_with_prefix("config");
         registry.register(
             "last_reload_successful",

@@ -10,9 +10,9 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::{mpsc, Mutex};
 
-use crate::config::{Config, ConfigError, LiveConfig};
-use crate::metrics::{Metrics, ReloadTrigger};
-use crate::resolver::Resolver;
+use crate::config::{Config, ConfigError};
+use crate::metrics::ReloadTrigger;
+use crate::shared::Shared;
 use crate::telemetry::LogControl;
 use crate::tls::{self, TlsError, TlsSettings};
 
@@ -40,9 +40,7 @@ pub struct ReloadReport {
 
 pub struct Reloader {
     path: Option<PathBuf>,
-    live: LiveConfig,
-    resolver: Arc<Resolver>,
-    metrics: Arc<Metrics>,
+    shared: Shared,
     log: Option<LogControl>,
     tls: Option<Arc<TlsSettings>>,
     /// One reload at a time, whatever triggered it.
@@ -50,16 +48,9 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    pub fn new(
-        path: Option<PathBuf>,
-        live: LiveConfig,
-        resolver: Arc<Resolver>,
-        metrics: Arc<Metrics>,
-        log: Option<LogControl>,
-        tls: Option<Arc<TlsSettings>>,
-    ) -> Self {
-        metrics.config.loaded(&live.load().hash());
-        Self { path, live, resolver, metrics, log, tls, serial: Mutex::new(()) }
+    pub fn new(path: Option<PathBuf>, shared: Shared, log: Option<LogControl>, tls: Option<Arc<TlsSettings>>) -> Self {
+        shared.metrics.config.loaded(&shared.config.load().hash());
+        Self { path, shared, log, tls, serial: Mutex::new(()) }
     }
 
     pub fn path(&self) -> Option<&Path> {
@@ -70,7 +61,7 @@ impl Reloader {
     pub async fn reload(&self, trigger: ReloadTrigger) -> Result<ReloadReport, ReloadError> {
         let _serial = self.serial.lock().await;
         let result = self.reload_file().await;
-        self.metrics.config.reloaded(trigger, result.is_ok());
+        self.shared.metrics.config.reloaded(trigger, result.is_ok());
         match &result {
             Ok(report) => tracing::info!(
                 ?trigger,
@@ -87,7 +78,7 @@ impl Reloader {
     async fn reload_file(&self) -> Result<ReloadReport, ReloadError> {
         let path = self.path.as_ref().ok_or(ReloadError::NoFile)?;
         let wanted = Config::load(path)?;
-        let running = self.live.load_full();
+        let running = self.shared.config.load_full();
         let next = wanted.clone().with_restart_only_from(&running);
         let restart_required: Vec<String> = wanted
             .restart_only()
@@ -103,7 +94,7 @@ impl Reloader {
         };
         let applied = next.changed_keys(&running);
         let config_hash = next.hash();
-        self.live.store(Arc::new(next.clone()));
+        self.shared.config.store(Arc::new(next.clone()));
         if let Some((settings, config)) = tls {
             settings.replace(config);
         }
@@ -113,14 +104,14 @@ impl Reloader {
                 tracing::warn!(%error, "log level not changed");
             }
         }
-        if self.resolver.apply_capacities(&next.cache).await {
+        if self.shared.resolver.apply_capacities(&next.cache).await {
             tracing::info!(
                 positive = %next.cache.positive_capacity,
                 negative = %next.cache.negative_capacity,
                 "stores rebuilt for the new capacities; entries migrated"
             );
         }
-        self.metrics.config.loaded(&config_hash);
+        self.shared.metrics.config.loaded(&config_hash);
         Ok(ReloadReport { applied, restart_required, config_hash })
     }
 }

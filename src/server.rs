@@ -21,6 +21,7 @@ use crate::readiness::Readiness;
 use crate::reload::{self, Reloader};
 use crate::resolver::Resolver;
 use crate::service::LookupService;
+use crate::shared::Shared;
 use crate::sim::Simulator;
 use crate::telemetry::LogControl;
 use crate::tls::{self, TlsError, TlsSettings};
@@ -143,14 +144,14 @@ impl Edge {
         let readiness = Readiness::new(health_reporter);
         readiness.set(false).await;
         readiness.set_feed(false).await;
-        let follower = Follower::new(
-            core.grpc(),
-            resolver.clone(),
-            feed.clone(),
-            metrics.clone(),
-            readiness.clone(),
-            live.clone(),
-        );
+        let shared = Shared {
+            config: live.clone(),
+            resolver: resolver.clone(),
+            feed: feed.clone(),
+            metrics: metrics.clone(),
+            readiness: readiness.clone(),
+        };
+        let follower = Follower::new(core.grpc(), shared.clone());
         let follower_stop = stop_background.fired();
         background.spawn(async move {
             tokio::select! {
@@ -160,8 +161,7 @@ impl Edge {
             Ok(())
         });
 
-        let reloader =
-            Arc::new(Reloader::new(config_file, live.clone(), resolver.clone(), metrics.clone(), log, tls.clone()));
+        let reloader = Arc::new(Reloader::new(config_file, shared.clone(), log, tls.clone()));
         let watcher = match reloader.path() {
             Some(_) if config.reload.watch_file => Some(reload::watch_file(reloader.clone(), config.reload.debounce)?),
             _ => None,
@@ -192,14 +192,7 @@ impl Edge {
             }
         };
 
-        let admin_router = admin::router(AdminState {
-            metrics: metrics.clone(),
-            resolver: resolver.clone(),
-            readiness: readiness.clone(),
-            feed: feed.clone(),
-            config: live.clone(),
-            reloader: reloader.clone(),
-        });
+        let admin_router = admin::router(AdminState { shared, reloader: reloader.clone() });
         let admin_stop = stop_admin.fired();
         let admin_task = tokio::spawn(async move {
             axum::serve(admin, admin_router.into_make_service_with_connect_info::<SocketAddr>())

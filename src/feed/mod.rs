@@ -13,7 +13,6 @@
 mod backoff;
 mod status;
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
@@ -21,12 +20,11 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 pub use self::status::{FeedStatus, Lag};
-use crate::config::{FeedConfig, LiveConfig};
-use crate::metrics::{FeedMetrics, Metrics, ResyncReason};
+use crate::config::FeedConfig;
+use crate::metrics::{FeedMetrics, ResyncReason};
 use crate::pb::merchant_core_client::MerchantCoreClient;
 use crate::pb::{ChangeNotice, ListMerchantsRequest, WatchChangesRequest};
-use crate::readiness::Readiness;
-use crate::resolver::Resolver;
+use crate::shared::Shared;
 use crate::upstream::{describe_status, INCARNATION_HEADER};
 use backoff::Backoff;
 
@@ -48,11 +46,7 @@ enum StreamEnd {
 
 pub struct Follower {
     core: MerchantCoreClient<Channel>,
-    resolver: Arc<Resolver>,
-    status: Arc<FeedStatus>,
-    metrics: Arc<Metrics>,
-    readiness: Readiness,
-    config: LiveConfig,
+    shared: Shared,
     /// The core history the stores reflect, once known.
     incarnation: Option<String>,
     /// The applied sequence at the last gaps, and how many gaps in a row happened there.
@@ -63,24 +57,17 @@ pub struct Follower {
 const GAPS_BEFORE_RESYNC: u32 = 3;
 
 impl Follower {
-    pub fn new(
-        core: MerchantCoreClient<Channel>,
-        resolver: Arc<Resolver>,
-        status: Arc<FeedStatus>,
-        metrics: Arc<Metrics>,
-        readiness: Readiness,
-        config: LiveConfig,
-    ) -> Self {
-        Self { core, resolver, status, metrics, readiness, config, incarnation: None, gap_streak: (0, 0) }
+    pub fn new(core: MerchantCoreClient<Channel>, shared: Shared) -> Self {
+        Self { core, shared, incarnation: None, gap_streak: (0, 0) }
     }
 
     /// The feed settings in force now (a reload may change them between streams).
     fn settings(&self) -> FeedConfig {
-        self.config.load().feed.clone()
+        self.shared.config.load().feed.clone()
     }
 
     fn feed_metrics(&self) -> &FeedMetrics {
-        &self.metrics.feed
+        &self.shared.metrics.feed
     }
 
     /// Follows the feed forever (the caller stops it by dropping the future).
@@ -90,7 +77,7 @@ impl Follower {
         let mut pending = Some(if settings.warm_start { Sync::WarmStart } else { Sync::ColdStart });
         loop {
             if let Some(sync) = pending.take() {
-                self.status.mark_down();
+                self.shared.feed.mark_down();
                 if let Err(status) = self.sync(sync).await {
                     tracing::warn!(?sync, error = %describe_status(&status), "feed: sync with the core failed; retrying");
                     pending = Some(sync);
@@ -98,20 +85,20 @@ impl Follower {
                     continue;
                 }
                 if sync == Sync::WarmStart {
-                    self.readiness.set(true).await;
+                    self.shared.readiness.set(true).await;
                 }
             }
             let opened = Instant::now();
             let (end, applied_any) = self.follow_stream().await;
-            self.status.mark_down();
-            self.readiness.set_feed(false).await;
+            self.shared.feed.mark_down();
+            self.shared.readiness.set_feed(false).await;
             match end {
                 StreamEnd::Resync(reason) => {
-                    tracing::warn!(?reason, applied = self.status.applied(), "feed: resync needed");
+                    tracing::warn!(?reason, applied = self.shared.feed.applied(), "feed: resync needed");
                     pending = Some(Sync::Resync(reason));
                 }
                 StreamEnd::Reconnect(why) => {
-                    tracing::warn!(%why, applied = self.status.applied(), "feed: change stream lost; resuming");
+                    tracing::warn!(%why, applied = self.shared.feed.applied(), "feed: change stream lost; resuming");
                 }
             }
             let settings = self.settings();
@@ -141,10 +128,10 @@ impl Follower {
             Sync::Resync(reason) => Some(reason),
             Sync::WarmStart | Sync::ColdStart => None,
         };
-        self.resolver.begin_resync(history_changed).await;
+        self.shared.resolver.begin_resync(history_changed).await;
         if sync == Sync::ColdStart {
             self.incarnation = Some(incarnation);
-            self.status.restart_at(sequence);
+            self.shared.feed.restart_at(sequence);
             tracing::info!(sequence, "feed: cold start; following changes");
             return Ok(());
         }
@@ -155,16 +142,16 @@ impl Follower {
                 return Err(Status::aborted("the core restarted during the snapshot"));
             }
             merchants += page.merchants.len();
-            self.resolver.install_snapshot(page.merchants, page.as_of_sequence, load_all).await;
+            self.shared.resolver.install_snapshot(page.merchants, page.as_of_sequence, load_all).await;
             if page.next_page_token.is_empty() {
                 break;
             }
             request.page_token = page.next_page_token;
             page = self.core.list_merchants(request.clone()).await?.into_inner();
         }
-        self.resolver.finish_resync(sequence).await;
+        self.shared.resolver.finish_resync(sequence).await;
         self.incarnation = Some(incarnation);
-        self.status.restart_at(sequence);
+        self.shared.feed.restart_at(sequence);
         if let Some(reason) = reason {
             self.feed_metrics().count_resync(reason);
         }
@@ -174,7 +161,7 @@ impl Follower {
 
     /// Reads one stream until it ends; returns why, and whether it applied anything.
     async fn follow_stream(&mut self) -> (StreamEnd, bool) {
-        let after = self.status.applied();
+        let after = self.shared.feed.applied();
         let response = match self.core.watch_changes(WatchChangesRequest { after_sequence: after }).await {
             Ok(response) => response,
             Err(status) => return (self.stream_error(&status), false),
@@ -186,8 +173,8 @@ impl Follower {
             }
         }
         let mut stream = response.into_inner();
-        self.status.mark_connected();
-        self.readiness.set_feed(true).await;
+        self.shared.feed.mark_connected();
+        self.shared.readiness.set_feed(true).await;
         tracing::info!(after, "feed: following changes");
         let mut applied_any = false;
         let mut last_progress = Instant::now();
@@ -215,8 +202,8 @@ impl Follower {
                 }
                 _ = stall_check.tick() => {
                     let now = Instant::now();
-                    if self.status.behind_for(patience, now) && now.duration_since(last_progress) >= patience {
-                        let lag = self.status.lag(Instant::now());
+                    if self.shared.feed.behind_for(patience, now) && now.duration_since(last_progress) >= patience {
+                        let lag = self.shared.feed.lag(Instant::now());
                         return (StreamEnd::Reconnect(format!("stalled: {} notices behind for {:?}", lag.notices, lag.duration)), applied_any);
                     }
                 }
@@ -239,7 +226,7 @@ impl Follower {
         {
             return Err(StreamEnd::Resync(ResyncReason::CoreRestarted));
         }
-        let applied = self.status.applied();
+        let applied = self.shared.feed.applied();
         if notice.sequence <= applied {
             self.feed_metrics().notices_duplicate.inc();
             return Ok(false);
@@ -254,11 +241,11 @@ impl Follower {
             let gap = format!("gap: expected sequence {}, got {}", applied + 1, notice.sequence);
             return Err(StreamEnd::Reconnect(gap));
         }
-        if let Err(problem) = self.resolver.apply_change(notice).await {
+        if let Err(problem) = self.shared.resolver.apply_change(notice).await {
             tracing::error!(%problem, "feed: the core sent a notice the edge cannot apply");
             return Err(StreamEnd::Resync(ResyncReason::MalformedNotice));
         }
-        self.status.set_applied(notice.sequence);
+        self.shared.feed.set_applied(notice.sequence);
         self.feed_metrics().notices_applied.inc();
         if let Some(committed) = notice.committed_at.and_then(|at| SystemTime::try_from(at).ok()) {
             let delay = SystemTime::now().duration_since(committed).unwrap_or(Duration::ZERO);
