@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use merchant_edge::metrics::Metrics;
-use merchant_edge::pb::Merchant;
 use merchant_edge::sim::dataset::{synthetic_id, synthetic_merchant};
 use merchant_edge::store::{Capacities, NegativeEntry, PositiveEntry, Stores};
+use merchant_edge::wire::EncodedMerchant;
 use tokio::time::Instant;
 
 const TTL: Duration = Duration::from_secs(600);
@@ -17,7 +17,7 @@ fn filled(entries: u64) -> Stores {
     let stores = Stores::new(capacities, &Arc::new(Metrics::default()));
     let now = Instant::now();
     for index in 0..entries {
-        let merchant: Merchant = synthetic_merchant(index);
+        let merchant = EncodedMerchant::encode(&synthetic_merchant(index));
         let entry = PositiveEntry { merchant, as_of_sequence: 0, learned_at: now, ttl: TTL };
         stores.put_positive(synthetic_id(index).into(), entry);
         let negative = NegativeEntry { as_of_sequence: 0, learned_at: now, ttl: TTL };

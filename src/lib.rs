@@ -18,7 +18,8 @@
 //! - [`server`]: assembles a running edge from a config and bound listeners, and drains it.
 //! - [`sim`]: the bank-core simulator (`core-sim`, and the embedded default upstream).
 //! - [`client`], [`commands`]: the `lookup` client and the binary's subcommands.
-//! - [`pb`]: generated protobuf code.
+//! - [`pb`]: generated protobuf code; [`wire`]: the server's encoding of the lookup contract, with
+//!   merchants encoded once per version.
 pub mod accept;
 pub mod admin;
 pub mod client;
@@ -41,3 +42,4 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
+pub mod wire;

@@ -6,8 +6,8 @@ use tokio::sync::watch;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
-use crate::pb::merchant_lookup_server::MerchantLookupServer;
 use crate::service::LookupService;
+use crate::wire::merchant_lookup_server::MerchantLookupServer;
 
 /// The gRPC health-check name under which the change feed's state is reported.
 pub const FEED_HEALTH_SERVICE: &str = "merchant.v1.ChangeFeed";

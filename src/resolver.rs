@@ -16,6 +16,7 @@ use crate::metrics::{CoreCallResult, LookupCounters, Metrics};
 use crate::pb::{ChangeKind, ChangeNotice, Merchant, Source};
 use crate::store::{Capacities, NegativeEntry, PositiveEntry, Stores};
 use crate::upstream::{CoreAnswer, CoreClient, UpstreamError};
+use crate::wire::EncodedMerchant;
 
 /// Whether storing a state as of the same sequence as the stored one replaces it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +31,7 @@ enum Equal {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
     /// `None` when the core does not know the ID.
-    pub merchant: Option<Merchant>,
+    pub merchant: Option<EncodedMerchant>,
     pub source: Source,
     /// How long ago the edge learned the answer from the core.
     pub age: Duration,
@@ -65,7 +66,7 @@ fn capacities(cache: &CacheConfig) -> Capacities {
 }
 
 /// What a lookup found in memory, or the normalised ID to ask the core about.
-enum InMemory<'a> {
+pub enum InMemory<'a> {
     Answered(Answer),
     Missed(std::borrow::Cow<'a, str>),
 }
@@ -92,11 +93,15 @@ impl Resolver {
 
     /// Resolves one ID as a terminal sent it.
     pub async fn lookup(self: &Arc<Self>, raw_id: &str) -> Result<Answer, LookupError> {
-        let id = match self.answer_from_memory(raw_id)? {
-            InMemory::Answered(answer) => return Ok(answer),
-            InMemory::Missed(id) => id,
-        };
-        let outcome = self.ask_core(&id).await;
+        match self.answer_from_memory(raw_id)? {
+            InMemory::Answered(answer) => Ok(answer),
+            InMemory::Missed(id) => self.answer_from_core(&id).await,
+        }
+    }
+
+    /// The answer for an ID that memory could not answer (normalised by [`Self::answer_from_memory`]).
+    pub async fn answer_from_core(self: &Arc<Self>, id: &str) -> Result<Answer, LookupError> {
+        let outcome = self.ask_core(id).await;
         match &outcome {
             Ok(answer) if answer.merchant.is_some() => self.counters.upstream_found.inc(),
             Ok(_) => self.counters.upstream_not_found.inc(),
@@ -104,7 +109,7 @@ impl Resolver {
         };
         let answer = outcome?;
         Ok(Answer {
-            merchant: answer.merchant,
+            merchant: answer.merchant.as_ref().map(EncodedMerchant::encode),
             source: Source::Upstream,
             age: Duration::ZERO,
             as_of_sequence: answer.as_of_sequence,
@@ -112,7 +117,7 @@ impl Resolver {
     }
 
     /// The hit path: validation and both stores, under the config in force now.
-    fn answer_from_memory<'a>(&self, raw_id: &'a str) -> Result<InMemory<'a>, LookupError> {
+    pub fn answer_from_memory<'a>(&self, raw_id: &'a str) -> Result<InMemory<'a>, LookupError> {
         let config = self.config.load();
         let id = config.merchant_id.normalise(raw_id).inspect_err(|_| {
             self.counters.invalid_id.inc();
@@ -225,7 +230,7 @@ impl Resolver {
         let config = self.config.load();
         match merchant {
             Some(merchant) => {
-                let ttl = config.cache.positive_ttl;
+                let (merchant, ttl) = (EncodedMerchant::encode(&merchant), config.cache.positive_ttl);
                 stores.put_positive(id, PositiveEntry { merchant, as_of_sequence, learned_at, ttl })
             }
             None => {
@@ -351,7 +356,7 @@ mod tests {
     }
 
     fn stored_version(resolver: &Resolver, id: &str) -> Option<u64> {
-        resolver.stores().fresh_positive(id, Instant::now(), Duration::MAX).map(|entry| entry.merchant.version)
+        resolver.stores().fresh_positive(id, Instant::now(), Duration::MAX).map(|entry| entry.merchant.decode().version)
     }
 
     #[tokio::test]

@@ -16,7 +16,6 @@ use crate::admin::{self, AdminState};
 use crate::config::{Config, LiveConfig, UpstreamEndpoint};
 use crate::feed::{FeedStatus, Follower};
 use crate::metrics::Metrics;
-use crate::pb::merchant_lookup_server::MerchantLookupServer;
 use crate::readiness::Readiness;
 use crate::reload::{self, Reloader};
 use crate::resolver::Resolver;
@@ -26,6 +25,7 @@ use crate::sim::Simulator;
 use crate::telemetry::LogControl;
 use crate::tls::{self, TlsError, TlsSettings};
 use crate::upstream::CoreClient;
+use crate::wire::merchant_lookup_server::MerchantLookupServer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

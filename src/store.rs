@@ -15,12 +15,13 @@ use moka::sync::Cache;
 use tokio::time::Instant;
 
 use crate::metrics::{EvictionCause, Metrics, StoreLabel};
-use crate::pb::Merchant;
+use crate::wire::EncodedMerchant;
 
 /// A merchant the core said exists.
 #[derive(Debug)]
 pub struct PositiveEntry {
-    pub merchant: Merchant,
+    /// Encoded once, answered as is.
+    pub merchant: EncodedMerchant,
     /// The core sequence the record reflects.
     pub as_of_sequence: u64,
     pub learned_at: Instant,
@@ -216,7 +217,7 @@ mod tests {
 
     fn merchant(id: &str) -> PositiveEntry {
         PositiveEntry {
-            merchant: Merchant { merchant_id: id.into(), ..Default::default() },
+            merchant: EncodedMerchant::encode(&crate::pb::Merchant { merchant_id: id.into(), ..Default::default() }),
             as_of_sequence: 1,
             learned_at: Instant::now(),
             ttl: LONG,

@@ -1,0 +1,95 @@
+//! The lookup path without the network: a hit, a negative hit, the bookkeeping of a miss (singleflight
+//! slot, publish, fenced install), applying a change notice, ID normalisation, and encoding the answer.
+//! Run: `cargo bench --bench lookup`.
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use criterion::{criterion_group, criterion_main, Criterion};
+use merchant_edge::config::Config;
+use merchant_edge::feed::FeedStatus;
+use merchant_edge::fill::{Fills, Role};
+use merchant_edge::merchant_id::IdRule;
+use merchant_edge::metrics::Metrics;
+use merchant_edge::pb::{ChangeKind, ChangeNotice};
+use merchant_edge::resolver::Resolver;
+use merchant_edge::sim::dataset::{synthetic_id, synthetic_merchant};
+use merchant_edge::upstream::{CoreAnswer, CoreClient};
+use merchant_edge::wire::LookupResponse;
+use prost::Message;
+
+fn notice(sequence: u64, index: u64, kind: ChangeKind) -> ChangeNotice {
+    ChangeNotice {
+        sequence,
+        merchant_id: synthetic_id(index),
+        kind: kind as i32,
+        merchant: (kind == ChangeKind::Upsert).then(|| synthetic_merchant(index)),
+        ..Default::default()
+    }
+}
+
+/// A resolver whose stores hold merchants 0..10,000 and not-founds for 10,000..20,000, learned
+/// through change notices; its core is never reached.
+fn resolver(runtime: &tokio::runtime::Runtime) -> Arc<Resolver> {
+    runtime.block_on(async {
+        let core = CoreClient::connect_lazy("http://127.0.0.1:9", Duration::from_secs(1)).unwrap();
+        let feed = Arc::new(FeedStatus::new());
+        feed.mark_connected();
+        let config = Arc::new(ArcSwap::from_pointee(Config::default()));
+        let resolver = Arc::new(Resolver::new(config, core, feed, Arc::new(Metrics::default())));
+        for index in 0..10_000 {
+            resolver.apply_change(&notice(index + 1, index, ChangeKind::Upsert)).await.unwrap();
+            resolver.apply_change(&notice(index + 1, index + 10_000, ChangeKind::Delete)).await.unwrap();
+        }
+        resolver
+    })
+}
+
+fn lookup(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let resolver = resolver(&runtime);
+    let (hit, negative) = (synthetic_id(4242), synthetic_id(14_242));
+    c.bench_function("lookup/hit", |b| b.to_async(&runtime).iter(|| resolver.lookup(&hit)));
+    c.bench_function("lookup/negative hit", |b| b.to_async(&runtime).iter(|| resolver.lookup(&negative)));
+
+    let mut sequence = 1_000_000;
+    c.bench_function("lookup/apply notice", |b| {
+        b.to_async(&runtime).iter(|| {
+            sequence += 1;
+            let change = notice(sequence, sequence % 10_000, ChangeKind::Upsert);
+            let resolver = resolver.clone();
+            async move { resolver.apply_change(&change).await.unwrap() }
+        })
+    });
+
+    let fills = Fills::default();
+    let answer = CoreAnswer { merchant: Some(synthetic_merchant(42)), as_of_sequence: 7 };
+    c.bench_function("lookup/miss bookkeeping", |b| {
+        b.iter(|| {
+            let Role::Leader(fill) = fills.join_or_start(&hit, 0) else { unreachable!("no other fill runs") };
+            fill.publish(Ok(answer.clone()));
+            fills.settle(&hit, &fill, Some(&answer), |_| true)
+        })
+    });
+
+    let rule = IdRule::default();
+    let padded = format!("  {hit}\t");
+    let full_width: String = hit.chars().map(|c| char::from_u32(c as u32 + 0xFEE0).unwrap()).collect();
+    c.bench_function("normalise/plain", |b| b.iter(|| rule.normalise(&hit).is_ok()));
+    c.bench_function("normalise/padded", |b| b.iter(|| rule.normalise(&padded).is_ok()));
+    c.bench_function("normalise/full-width", |b| b.iter(|| rule.normalise(&full_width).is_ok()));
+    c.bench_function("normalise/malformed", |b| b.iter(|| rule.normalise("89800000000O042").is_err()));
+
+    let response: LookupResponse = runtime.block_on(resolver.lookup(&hit)).unwrap().into();
+    let mut buffer = Vec::with_capacity(256);
+    c.bench_function("encode/lookup response", |b| {
+        b.iter(|| {
+            buffer.clear();
+            response.encode(&mut buffer).unwrap();
+            buffer.len()
+        })
+    });
+}
+
+criterion_group!(benches, lookup);
+criterion_main!(benches);

@@ -1,0 +1,67 @@
+//! The lookup contract as the server encodes it (`src/wire.proto`): identical on the wire to
+//! `proto/merchant/v1/lookup.proto`, with each merchant carried as bytes encoded once per version.
+use bytes::Bytes;
+use prost::Message;
+
+use crate::pb;
+
+#[allow(clippy::all)]
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/wire/merchant.v1.rs"));
+}
+pub use generated::{
+    merchant_lookup_server, BatchLookupRequest, BatchLookupResponse, BatchLookupResult, LookupError, LookupRequest,
+    LookupResponse, Provenance,
+};
+
+/// A merchant encoded once as `merchant.v1.Merchant` protobuf; every answer that carries it shares the
+/// bytes (a reference count, no copy until the socket write).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedMerchant(Bytes);
+
+impl EncodedMerchant {
+    pub fn encode(merchant: &pb::Merchant) -> Self {
+        Self(Bytes::from(merchant.encode_to_vec()))
+    }
+
+    /// The record itself, for the few places that read fields (not the answer path).
+    pub fn decode(&self) -> pb::Merchant {
+        pb::Merchant::decode(self.0.clone()).expect("the edge encoded these bytes itself")
+    }
+
+    pub fn bytes(&self) -> Bytes {
+        self.0.clone()
+    }
+
+    /// Heap bytes held for the encoded record.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::dataset::synthetic_merchant;
+
+    #[test]
+    fn the_wire_twin_decodes_as_the_public_contract() {
+        let merchant = synthetic_merchant(97);
+        let encoded = EncodedMerchant::encode(&merchant);
+        assert_eq!(encoded.decode(), merchant);
+        let wire = LookupResponse {
+            found: true,
+            merchant: encoded.bytes(),
+            provenance: Some(Provenance { source: 1, age_ms: 12, as_of_sequence: 3 }),
+        };
+        let public = pb::LookupResponse::decode(wire.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(public.merchant, Some(merchant));
+        assert_eq!(public.provenance.unwrap().age_ms, 12);
+        let not_found = LookupResponse { found: false, merchant: Bytes::new(), provenance: None };
+        assert_eq!(pb::LookupResponse::decode(not_found.encode_to_vec().as_slice()).unwrap().merchant, None);
+    }
+}
