@@ -15,6 +15,7 @@ mod status;
 
 use std::time::{Duration, SystemTime};
 
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -23,10 +24,41 @@ pub use self::status::{FeedStatus, Lag};
 use crate::config::FeedConfig;
 use crate::metrics::{FeedMetrics, ResyncReason};
 use crate::pb::merchant_core_client::MerchantCoreClient;
-use crate::pb::{ChangeNotice, ListMerchantsRequest, WatchChangesRequest};
+use crate::pb::{ChangeNotice, ListMerchantsRequest, ListMerchantsResponse, WatchChangesRequest};
 use crate::shared::Shared;
 use crate::upstream::{describe_status, INCARNATION_HEADER};
 use backoff::Backoff;
+
+/// Aborts a helper task when the sync that started it ends early (an error, or being cancelled).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads snapshot pages from `request` on, in order, until the last one or an error.
+async fn fetch_pages(
+    mut core: MerchantCoreClient<Channel>,
+    mut request: ListMerchantsRequest,
+    pages: mpsc::Sender<Result<ListMerchantsResponse, Status>>,
+) {
+    loop {
+        let page = core.list_merchants(request.clone()).await.map(tonic::Response::into_inner);
+        let next = match &page {
+            Ok(page) if !page.next_page_token.is_empty() => Some(page.next_page_token.clone()),
+            _ => None,
+        };
+        if pages.send(page).await.is_err() {
+            return;
+        }
+        match next {
+            Some(token) => request.page_token = token,
+            None => return,
+        }
+    }
+}
 
 /// How the stores must be brought in step with the core before following the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,17 +169,25 @@ impl Follower {
         }
         let load_all = sync == Sync::WarmStart || settings.warm_start;
         let mut merchants = 0usize;
+        // The next pages are fetched on their own task while this one installs, so reading the
+        // snapshot and storing it overlap instead of taking turns.
+        let (pages, mut next_pages) = mpsc::channel(2);
+        let fetcher = (!page.next_page_token.is_empty()).then(|| {
+            request.page_token = page.next_page_token.clone();
+            tokio::spawn(fetch_pages(self.core.clone(), request, pages))
+        });
+        let _stop_fetching = fetcher.map(|task| task.abort_handle()).map(AbortOnDrop);
         loop {
             if page.incarnation != incarnation {
                 return Err(Status::aborted("the core restarted during the snapshot"));
             }
             merchants += page.merchants.len();
+            let last = page.next_page_token.is_empty();
             self.shared.resolver.install_snapshot(page.merchants, page.as_of_sequence, load_all).await;
-            if page.next_page_token.is_empty() {
+            if last {
                 break;
             }
-            request.page_token = page.next_page_token;
-            page = self.core.list_merchants(request.clone()).await?.into_inner();
+            page = next_pages.recv().await.unwrap_or_else(|| Err(Status::aborted("the snapshot reader stopped")))?;
         }
         self.shared.resolver.finish_resync(sequence).await;
         self.incarnation = Some(incarnation);
