@@ -1,9 +1,12 @@
 //! `merchant-loadgen`: the load-test kit's own tool. `data` writes the request files the ghz configs in
 //! `loadtest/ghz/` use, deterministically (same seed, same files on every machine).
 mod data;
+mod keys;
+mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -30,10 +33,94 @@ enum Command {
         #[arg(long, default_value_t = 7)]
         seed: u64,
     },
+    /// Send lookups to an edge for a bounded time and report like ghz.
+    Run {
+        /// The edge's gRPC address.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        target: String,
+        /// How long to send (always bounded).
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// HTTP/2 connections to spread the calls over.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Closed loop: callers, each sending its next request when the last is answered. With --rate,
+        /// bounds requests in flight (times 64).
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Open loop: requests per second; latency counts from each request's intended send time.
+        #[arg(long)]
+        rate: Option<u64>,
+        #[arg(long, value_enum, default_value = "zipf")]
+        keys: run::Popularity,
+        /// Merchants the core holds (IDs 898 + index below this).
+        #[arg(long, default_value_t = 100_000)]
+        merchants: u64,
+        /// Share of well-formed IDs no core knows.
+        #[arg(long, default_value_t = 0.05)]
+        unknown: f64,
+        /// Share of malformed IDs.
+        #[arg(long, default_value_t = 0.01)]
+        malformed: f64,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// The core's address, to onboard merchants through CoreAdmin during the run.
+        #[arg(long, requires = "churn_rate")]
+        churn_core: Option<String>,
+        /// Merchants onboarded per second with --churn-core; each is then looked up until found, and
+        /// any "not found" that claims to reflect its onboarding is counted stale (the run fails).
+        #[arg(long)]
+        churn_rate: Option<f64>,
+        /// Also write the report as ghz's JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Run {
+            target,
+            duration,
+            connections,
+            concurrency,
+            rate,
+            keys,
+            merchants,
+            unknown,
+            malformed,
+            seed,
+            churn_core,
+            churn_rate,
+            json,
+        } => {
+            let churn = churn_core.map(|core| {
+                let core = if core.contains("://") { core } else { format!("http://{core}") };
+                (core, churn_rate.unwrap_or(1.0))
+            });
+            let options = run::Options {
+                target,
+                connections,
+                duration,
+                concurrency,
+                rate,
+                popularity: keys,
+                merchants,
+                unknown,
+                malformed,
+                seed,
+                churn,
+                json,
+            };
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            match runtime.block_on(run::run(options)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("merchant-loadgen run: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Data { out, merchants, requests, seed } => match data::write_all(&out, merchants, requests, seed) {
             Ok(written) => {
                 for (file, count) in written {
