@@ -16,9 +16,17 @@ use dashmap::DashMap;
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
-use crate::upstream::{CoreAnswer, UpstreamError};
+use crate::upstream::UpstreamError;
+use crate::wire::EncodedMerchant;
 
-pub type FillOutcome = Result<CoreAnswer, UpstreamError>;
+/// What the core said, encoded once for every caller that shares the fill and for the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Filled {
+    pub merchant: Option<EncodedMerchant>,
+    pub as_of_sequence: u64,
+}
+
+pub type FillOutcome = Result<Filled, UpstreamError>;
 
 /// One core call in flight, shared by every lookup of its ID that joined it.
 pub struct Fill {
@@ -36,6 +44,10 @@ impl Fill {
         // The sender lives in `self`, so the channel cannot close while we wait.
         let outcome = receiver.wait_for(Option::is_some).await.expect("fill sender outlives its waiters").clone();
         outcome.expect("waited for Some")
+    }
+
+    fn is_published(&self) -> bool {
+        self.outcome.borrow().is_some()
     }
 
     /// Hands the outcome to every waiter (before it is cached, which may have to wait).
@@ -58,21 +70,32 @@ pub struct Fills {
 }
 
 impl Fills {
-    /// Joins the fill in flight for `id`, or registers a new one that the caller must run.
+    /// Joins the fill in flight for `id`, or registers a new one that the caller must run. A fill that
+    /// has already answered but not yet settled (caching can wait for a store migration) is not joined:
+    /// its answer is getting old, or was a failure worth retrying. The new fill takes its slot, which
+    /// also fences the old one out of caching.
     pub fn join_or_start(&self, id: &str, applied_sequence: u64) -> Role {
-        if let Some(fill) = self.in_flight.get(id) {
+        if let Some(fill) = self.in_flight.get(id).filter(|fill| !fill.is_published()) {
             return Role::Follower(fill.clone());
         }
+        let fill = || {
+            Arc::new(Fill {
+                outcome: watch::Sender::new(None),
+                started_after_sequence: applied_sequence,
+                epoch: *self.epoch.read(),
+            })
+        };
         match self.in_flight.entry(Arc::from(id)) {
-            Entry::Occupied(existing) => Role::Follower(existing.get().clone()),
+            Entry::Occupied(existing) if !existing.get().is_published() => Role::Follower(existing.get().clone()),
+            Entry::Occupied(mut stale) => {
+                let fresh = fill();
+                stale.insert(fresh.clone());
+                Role::Leader(fresh)
+            }
             Entry::Vacant(slot) => {
-                let fill = Arc::new(Fill {
-                    outcome: watch::Sender::new(None),
-                    started_after_sequence: applied_sequence,
-                    epoch: *self.epoch.read(),
-                });
-                slot.insert(fill.clone());
-                Role::Leader(fill)
+                let fresh = fill();
+                slot.insert(fresh.clone());
+                Role::Leader(fresh)
             }
         }
     }
@@ -85,8 +108,8 @@ impl Fills {
         &self,
         id: &str,
         fill: &Arc<Fill>,
-        answer: Option<&CoreAnswer>,
-        install: impl FnOnce(&CoreAnswer) -> bool,
+        answer: Option<&Filled>,
+        install: impl FnOnce(&Filled) -> bool,
     ) -> bool {
         let mut installed = false;
         self.in_flight.remove_if(id, |_, holder| {
@@ -135,7 +158,7 @@ mod tests {
     use super::*;
 
     fn answer(as_of_sequence: u64) -> FillOutcome {
-        Ok(CoreAnswer { merchant: None, as_of_sequence })
+        Ok(Filled { merchant: None, as_of_sequence })
     }
 
     #[tokio::test]
@@ -181,6 +204,16 @@ mod tests {
         assert!(!fills.settle("m", &fill, answer(5).as_ref().ok(), |_| panic!("pre-resync answer installed")));
         let Role::Leader(fresh) = fills.join_or_start("m", 0) else { panic!() };
         assert!(fills.is_current(&fresh));
+    }
+
+    #[tokio::test]
+    async fn an_answered_fill_waiting_to_settle_is_not_joined() {
+        let fills = Fills::default();
+        let Role::Leader(answered) = fills.join_or_start("m", 0) else { panic!() };
+        answered.publish(Err(UpstreamError::Unavailable("down".into())));
+        let Role::Leader(retry) = fills.join_or_start("m", 0) else { panic!("a published failure is retried") };
+        assert!(!fills.settle("m", &answered, None, |_| true), "the old fill no longer holds the slot");
+        assert!(fills.settle("m", &retry, answer(1).as_ref().ok(), |_| true));
     }
 
     #[tokio::test]

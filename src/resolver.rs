@@ -10,12 +10,12 @@ use tokio::time::Instant;
 
 use crate::config::{CacheConfig, LiveConfig};
 use crate::feed::FeedStatus;
-use crate::fill::{Fill, Fills, Role};
+use crate::fill::{Fill, Filled, Fills, Role};
 use crate::merchant_id::IdError;
 use crate::metrics::{CoreCallResult, LookupCounters, Metrics};
 use crate::pb::{ChangeKind, ChangeNotice, Merchant, Source};
 use crate::store::{Capacities, NegativeEntry, PositiveEntry, Stores};
-use crate::upstream::{CoreAnswer, CoreClient, UpstreamError};
+use crate::upstream::{CoreClient, UpstreamError};
 use crate::wire::EncodedMerchant;
 
 /// Whether storing a state as of the same sequence as the stored one replaces it.
@@ -109,7 +109,7 @@ impl Resolver {
         };
         let answer = outcome?;
         Ok(Answer {
-            merchant: answer.merchant.as_ref().map(EncodedMerchant::encode),
+            merchant: answer.merchant,
             source: Source::Upstream,
             age: Duration::ZERO,
             as_of_sequence: answer.as_of_sequence,
@@ -156,7 +156,7 @@ impl Resolver {
     }
 
     /// Asks the core for `id`, sharing the call with every concurrent lookup of the same ID.
-    async fn ask_core(self: &Arc<Self>, id: &str) -> Result<CoreAnswer, UpstreamError> {
+    async fn ask_core(self: &Arc<Self>, id: &str) -> Result<Filled, UpstreamError> {
         let fill = match self.fills.join_or_start(id, self.feed.applied()) {
             Role::Follower(fill) => {
                 self.metrics.coalesced_waits.inc();
@@ -190,6 +190,11 @@ impl Resolver {
             Err(UpstreamError::Unavailable(_)) => CoreCallResult::Error,
         };
         self.metrics.record_core_call(result, started.elapsed());
+        // Encoded once here, shared by every waiter and by the store.
+        let outcome = outcome.map(|answer| Filled {
+            merchant: answer.merchant.as_ref().map(EncodedMerchant::encode),
+            as_of_sequence: answer.as_of_sequence,
+        });
         if let Ok(answer) = &outcome {
             // An answer from before a resync may come from a core history that no longer exists.
             if self.fills.is_current(&fill) {
@@ -216,7 +221,7 @@ impl Resolver {
     fn store_unless_newer(
         &self,
         id: Arc<str>,
-        merchant: Option<Merchant>,
+        merchant: Option<EncodedMerchant>,
         as_of_sequence: u64,
         learned_at: Instant,
         equal: Equal,
@@ -230,7 +235,7 @@ impl Resolver {
         let config = self.config.load();
         match merchant {
             Some(merchant) => {
-                let (merchant, ttl) = (EncodedMerchant::encode(&merchant), config.cache.positive_ttl);
+                let ttl = config.cache.positive_ttl;
                 stores.put_positive(id, PositiveEntry { merchant, as_of_sequence, learned_at, ttl })
             }
             None => {
@@ -249,7 +254,8 @@ impl Resolver {
     /// flight for the ID loses its slot, and nothing stored from the same or a later sequence is
     /// overwritten (the snapshot and the stream may repeat changes the store already reflects).
     /// Callers hold `store_writes`.
-    fn install_with_fence(&self, id: &str, merchant: Option<Merchant>, as_of_sequence: u64) {
+    fn install_with_fence(&self, id: &str, merchant: Option<&Merchant>, as_of_sequence: u64) {
+        let merchant = merchant.map(EncodedMerchant::encode);
         self.fills.supersede(id, || {
             self.store_unless_newer(Arc::from(id), merchant, as_of_sequence, Instant::now(), Equal::Keep);
         });
@@ -260,9 +266,7 @@ impl Resolver {
     /// protocol error into "not found".
     pub async fn apply_change(&self, notice: &ChangeNotice) -> Result<(), String> {
         let merchant = match (ChangeKind::try_from(notice.kind), &notice.merchant) {
-            (Ok(ChangeKind::Upsert), Some(merchant)) if merchant.merchant_id == notice.merchant_id => {
-                Some(merchant.clone())
-            }
+            (Ok(ChangeKind::Upsert), Some(merchant)) if merchant.merchant_id == notice.merchant_id => Some(merchant),
             (Ok(ChangeKind::Delete), _) => None,
             _ => {
                 return Err(format!(
@@ -298,8 +302,7 @@ impl Resolver {
         let _writes = self.store_writes.read().await;
         for merchant in merchants {
             if load_all || self.stores.load().holds_positive(&merchant.merchant_id) {
-                let id = merchant.merchant_id.clone();
-                self.install_with_fence(&id, Some(merchant), as_of_sequence);
+                self.install_with_fence(&merchant.merchant_id, Some(&merchant), as_of_sequence);
             }
         }
     }

@@ -63,7 +63,11 @@ impl CoreClient {
             .map_err(|status| UpstreamError::Unavailable(describe_status(&status)))?
             .into_inner();
         let merchant = match (response.found, response.merchant) {
-            (true, Some(merchant)) => Some(merchant),
+            (true, Some(merchant)) if merchant.merchant_id == merchant_id => Some(merchant),
+            (true, Some(merchant)) => {
+                let other = merchant.merchant_id;
+                return Err(UpstreamError::Unavailable(format!("core answered for merchant {other:?} instead")));
+            }
             (true, None) => return Err(UpstreamError::Unavailable("core answered found without a merchant".into())),
             (false, _) => None,
         };
