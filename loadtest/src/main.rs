@@ -64,11 +64,18 @@ enum Command {
         malformed: f64,
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        /// Longest wait for one answer; a call past it counts as DeadlineExceeded.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
         /// The core's address, to onboard merchants through CoreAdmin during the run.
-        #[arg(long, requires = "churn_rate")]
+        #[arg(long, requires_all = ["churn_rate", "churn_admin"])]
         churn_core: Option<String>,
-        /// Merchants onboarded per second with --churn-core; each is then looked up until found, and
-        /// any "not found" that claims to reflect its onboarding is counted stale (the run fails).
+        /// The edge's admin address, to see when it has applied each onboarding.
+        #[arg(long)]
+        churn_admin: Option<String>,
+        /// Merchants onboarded per second with --churn-core. Each new ID is first looked up (so the edge
+        /// caches "not found"), then onboarded; once the edge reports the notice applied, a lookup that
+        /// still says "not found" is stale and fails the run.
         #[arg(long)]
         churn_rate: Option<f64>,
         /// Also write the report as ghz's JSON.
@@ -90,13 +97,15 @@ fn main() -> ExitCode {
             unknown,
             malformed,
             seed,
+            timeout,
             churn_core,
+            churn_admin,
             churn_rate,
             json,
         } => {
-            let churn = churn_core.map(|core| {
+            let churn = churn_core.zip(churn_admin).map(|(core, admin)| {
                 let core = if core.contains("://") { core } else { format!("http://{core}") };
-                (core, churn_rate.unwrap_or(1.0))
+                (core, admin, churn_rate.unwrap_or(1.0))
             });
             let options = run::Options {
                 target,
@@ -110,6 +119,7 @@ fn main() -> ExitCode {
                 malformed,
                 seed,
                 churn,
+                timeout,
                 json,
             };
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
