@@ -1,5 +1,6 @@
-//! The lookup contract as the server encodes it (`src/wire.proto`): identical on the wire to
-//! `proto/merchant/v1/lookup.proto`, with each merchant carried as bytes encoded once per version.
+//! The lookup contract as the server encodes it: `proto/merchant/v1/lookup.proto` with each answer's
+//! `merchant` field retyped to bytes by `build.rs` (the same contract on the wire), so a merchant is
+//! encoded once per version and every answer shares the bytes.
 use bytes::Bytes;
 use prost::Message;
 
