@@ -83,9 +83,16 @@ pub async fn lookup(server: &str, tls: &crate::client::ClientTls, ids: &[String]
     }
 }
 
-/// `merchant-edge check-config`: prints the effective config, or the problems and exits non-zero.
+/// `merchant-edge check-config`: prints the effective config, or the problems and exits non-zero. TLS
+/// files are read too, as `serve` would.
 pub fn check_config(path: &Path) -> ExitCode {
-    match Config::load(path) {
+    let checked = Config::load(path).map_err(|e| e.to_string()).and_then(|config| {
+        match config.server.tls.as_ref().map(crate::tls::load).transpose() {
+            Ok(_) => Ok(config),
+            Err(error) => Err(format!("invalid config:\n  {}: {error}", path.display())),
+        }
+    });
+    match checked {
         Ok(config) => {
             println!("# {}: valid; effective values:", path.display());
             print!("{}", config.to_toml());

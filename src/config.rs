@@ -318,7 +318,7 @@ impl Config {
         let config: Config = toml::from_str(text).map_err(|e| {
             invalid(vec![Problem {
                 line: e.span().map(|span| line_of_offset(text, span.start)),
-                key: None,
+                key: e.span().and_then(|span| key_at_offset(text, span.start)),
                 message: e.message().trim_end().to_owned(),
             }])
         })?;
@@ -468,6 +468,28 @@ fn line_of_offset(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
+/// The dotted key written at `offset` (its name or its value), for error messages.
+fn key_at_offset(text: &str, offset: usize) -> Option<String> {
+    fn walk(table: &toml_edit::Table, prefix: &str, offset: usize) -> Option<String> {
+        for (key, item) in table.iter() {
+            let dotted = if prefix.is_empty() { key.to_owned() } else { format!("{prefix}.{key}") };
+            if let Some(inner) = item.as_table() {
+                if let Some(found) = walk(inner, &dotted, offset) {
+                    return Some(found);
+                }
+                continue;
+            }
+            let covers = |span: Option<std::ops::Range<usize>>| span.is_some_and(|span| span.contains(&offset));
+            if covers(table.key(key).and_then(|k| k.span())) || covers(item.span()) {
+                return Some(dotted);
+            }
+        }
+        None
+    }
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    walk(doc.as_table(), "", offset)
+}
+
 /// Finds the line where a dotted key (or, failing that, its table) is written, for error messages.
 fn line_of_key(text: &str, dotted: &str) -> Option<usize> {
     let doc = toml_edit::ImDocument::parse(text).ok()?;
@@ -514,14 +536,15 @@ mod tests {
     fn unknown_keys_are_errors_with_their_line() {
         let err = Config::parse("[cache]\npositive_ttl = \"1m\"\nnegative_tll = \"5s\"\n", "edge.toml").unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("edge.toml:3"), "{text}");
-        assert!(text.contains("negative_tll"), "{text}");
+        assert!(text.contains("edge.toml:3: cache.negative_tll: unknown field"), "{text}");
     }
 
     #[test]
     fn bad_values_name_line_and_reason() {
         let err = Config::parse("[cache]\n\nnegative_capacity = 0\n", "edge.toml").unwrap_err();
-        assert!(err.to_string().contains("edge.toml:3"), "{err}");
+        assert!(err.to_string().contains("edge.toml:3: cache.negative_capacity:"), "{err}");
+        let err = Config::parse("[cache]\nnegative_ttl = \"5x\"\n", "edge.toml").unwrap_err();
+        assert!(err.to_string().contains("edge.toml:2: cache.negative_ttl:"), "{err}");
         let err = Config::parse("[upstream]\nendpoint = \"tcp://core\"\n", "edge.toml").unwrap_err();
         assert!(err.to_string().contains("edge.toml:2"), "{err}");
         assert!(err.to_string().contains("http://"), "{err}");

@@ -146,6 +146,12 @@ pub struct ConfigMetrics {
 impl ConfigMetrics {
     fn register(registry: &mut Registry) -> Self {
         let config = Self::default();
+        // Every series exists from the start, so rates and alerts work before the first reload.
+        for trigger in [ReloadTrigger::Signal, ReloadTrigger::Admin, ReloadTrigger::FileWatch] {
+            for result in [ReloadResult::Success, ReloadResult::Failure] {
+                drop(config.reloads.get_or_create(&ReloadLabels { trigger, result }));
+            }
+        }
         let registry = registry.sub_registry_with_prefix("config");
         registry.register(
             "last_reload_successful",
@@ -235,6 +241,14 @@ impl FeedMetrics {
             lag_notices: Gauge::default(),
             lag_seconds: Gauge::default(),
         };
+        for reason in [
+            ResyncReason::TooOld,
+            ResyncReason::CoreRestarted,
+            ResyncReason::MalformedNotice,
+            ResyncReason::PersistentGap,
+        ] {
+            drop(feed.resyncs.get_or_create(&ResyncLabels { reason }));
+        }
         let registry = registry.sub_registry_with_prefix("feed");
         registry.register("notices_applied", "Change notices applied", feed.notices_applied.clone());
         registry.register(

@@ -61,7 +61,10 @@ impl Reloader {
     pub async fn reload(&self, trigger: ReloadTrigger) -> Result<ReloadReport, ReloadError> {
         let _serial = self.serial.lock().await;
         let result = self.reload_file().await;
-        self.shared.metrics.config.reloaded(trigger, result.is_ok());
+        // Without a file nothing was tried, and the running config is not in doubt.
+        if !matches!(result, Err(ReloadError::NoFile)) {
+            self.shared.metrics.config.reloaded(trigger, result.is_ok());
+        }
         match &result {
             Ok(report) => tracing::info!(
                 ?trigger,

@@ -375,8 +375,8 @@ async fn warm_start_loads_the_snapshot_before_reporting_ready() {
 /// The state of one merchant after a change at some sequence: its version, or `None` when it does not exist.
 type Timeline = Vec<(u64, Option<u64>)>;
 
-/// Many tasks look up, onboard, change and delete merchants while the core's latency and notice delay
-/// change at random; every answer is checked against the core's history: it must be a state the
+/// Many tasks look up (6 readers) and onboard, change and delete (3 writers) merchants while the core's
+/// latency and notice delay change at random; every answer is checked against the core's history: it must be a state the
 /// merchant had at or after the sequence the edge had applied when the lookup began.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_answer_is_older_than_an_applied_notice() {
@@ -394,15 +394,18 @@ async fn no_answer_is_older_than_an_applied_notice() {
         config.feed.negative_ttl_when_down = Duration::from_millis(20);
     })
     .await;
-    let id = |index: u64| format!("898{index:012}");
+    fn id(index: u64) -> String {
+        format!("898{index:012}")
+    }
 
-    let writer = {
-        let admin = core.admin().await;
-        tokio::spawn(async move {
-            let mut admin = admin;
-            let mut random = fastrand::Rng::with_seed(7);
-            for step in 0..WRITES {
-                if step % 25 == 0 {
+    const WRITERS: u64 = 3;
+    let mut writers = Vec::new();
+    for writer in 0..WRITERS {
+        let mut admin = core.admin().await;
+        writers.push(tokio::spawn(async move {
+            let mut random = fastrand::Rng::with_seed(7 + writer);
+            for step in 0..WRITES / WRITERS as usize {
+                if writer == 0 && step % 25 == 0 {
                     let faults = SetFaultsRequest {
                         latency_ms: random.u32(0..15),
                         notice_delay_ms: random.u32(0..3),
@@ -414,13 +417,13 @@ async fn no_answer_is_older_than_an_applied_notice() {
                 if random.u8(0..4) == 0 {
                     let _ = admin.delete_merchant(DeleteMerchantRequest { merchant_id }).await;
                 } else {
-                    let merchant = Merchant { merchant_id, name: format!("step {step}"), ..Default::default() };
+                    let merchant =
+                        Merchant { merchant_id, name: format!("writer {writer} step {step}"), ..Default::default() };
                     admin.upsert_merchant(UpsertMerchantRequest { merchant: Some(merchant) }).await.unwrap();
                 }
             }
-            admin.set_faults(SetFaultsRequest::default()).await.unwrap();
-        })
-    };
+        }));
+    }
     let readers: Vec<_> = (0..READERS as u64)
         .map(|reader| {
             let (feed, address) = (edge.feed.clone(), edge.grpc_addr);
@@ -438,7 +441,10 @@ async fn no_answer_is_older_than_an_applied_notice() {
             })
         })
         .collect();
-    writer.await.unwrap();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    core.set_faults(SetFaultsRequest::default()).await;
     let mut answers = Vec::new();
     for reader in readers {
         answers.extend(reader.await.unwrap());

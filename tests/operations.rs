@@ -227,10 +227,12 @@ const DOCUMENTED: &[&str] = &[
     "merchant_edge_feed_notices_duplicate_total",
     "merchant_edge_feed_gaps_total",
     "merchant_edge_feed_reconnects_total",
+    "merchant_edge_feed_resyncs_total",
     "merchant_edge_feed_commit_to_apply_seconds",
     "merchant_edge_config_last_reload_successful",
     "merchant_edge_config_last_reload_success_timestamp_seconds",
     "merchant_edge_config_info",
+    "merchant_edge_config_reloads_total",
     "merchant_edge_build_info",
 ];
 
@@ -284,7 +286,7 @@ async fn a_drain_reports_not_serving_and_lets_calls_in_flight_finish() {
     let mut config = edge_config(&core.url());
     config.server.shutdown_grace = Duration::from_secs(30);
     let edge = start_following_edge(config).await;
-    let admin = edge.admin_addr;
+    let (admin, grpc) = (edge.admin_addr, edge.grpc_addr);
     let mut health = HealthClient::new(channel(edge.grpc_addr).await);
     let request = HealthCheckRequest { service: "merchant.v1.MerchantLookup".into() };
     let mut watch = health.watch(request).await.unwrap().into_inner();
@@ -300,6 +302,12 @@ async fn a_drain_reports_not_serving_and_lets_calls_in_flight_finish() {
     assert!(!matches!(watch.message().await, Ok(Some(_))), "the health watch ends, so it cannot hold the drain");
     let (status, body) = http_get(admin, "/readyz").await;
     assert_eq!(status, 503, "{body}");
+    let newcomer = MerchantLookupClient::connect(format!("http://{grpc}")).await;
+    let refused = match newcomer {
+        Err(_) => true,
+        Ok(mut client) => lookup(&mut client, KNOWN).await.is_err(),
+    };
+    assert!(refused, "new work is refused while draining");
     core.set_faults(SetFaultsRequest::default()).await;
     assert!(in_flight.await.unwrap().unwrap().found, "the call in flight finished during the drain");
     assert_eq!(draining.await.unwrap().unwrap(), Drain::Clean);
