@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use merchant_edge::config::Config;
 use merchant_edge::feed::FeedStatus;
 use merchant_edge::fill::{Filled, Fills, Role};
@@ -62,6 +62,29 @@ fn lookup(c: &mut Criterion) {
             async move { resolver.apply_change(&change).await.unwrap() }
         })
     });
+
+    // Notices per second: 1,000 changes of merchants already stored (the common case), built outside
+    // the measurement and applied one after another as the feed does.
+    let mut group = c.benchmark_group("notices");
+    group.throughput(Throughput::Elements(1000));
+    group.bench_function("apply 1000 upserts", |b| {
+        b.to_async(&runtime).iter_batched(
+            || {
+                sequence += 1000;
+                (0..1000).map(|i| notice(sequence + i, (sequence + i) % 10_000, ChangeKind::Upsert)).collect::<Vec<_>>()
+            },
+            |notices| {
+                let resolver = resolver.clone();
+                async move {
+                    for notice in &notices {
+                        resolver.apply_change(notice).await.unwrap();
+                    }
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
 
     let fills = Fills::default();
     let answer = Filled { merchant: Some(EncodedMerchant::encode(&synthetic_merchant(42))), as_of_sequence: 7 };

@@ -19,9 +19,9 @@ fn filled(entries: u64) -> Stores {
     for index in 0..entries {
         let merchant = EncodedMerchant::encode(&synthetic_merchant(index));
         let entry = PositiveEntry { merchant, as_of_sequence: 0, learned_at: now, ttl: TTL };
-        stores.put_positive(synthetic_id(index).into(), entry);
+        stores.put_positive(synthetic_id(index).into(), entry, None);
         let negative = NegativeEntry { as_of_sequence: 0, learned_at: now, ttl: TTL };
-        stores.put_negative(format!("899{index:012}").into(), negative);
+        stores.put_negative(format!("899{index:012}").into(), negative, None);
     }
     stores.entry_counts();
     stores

@@ -14,7 +14,7 @@ use crate::fill::{Fill, Filled, Fills, Role};
 use crate::merchant_id::IdError;
 use crate::metrics::{CoreCallResult, LookupCounters, Metrics};
 use crate::pb::{ChangeKind, ChangeNotice, Merchant, Source};
-use crate::store::{Capacities, NegativeEntry, PositiveEntry, Stores};
+use crate::store::{Capacities, NegativeEntry, PositiveEntry, Stored, Stores};
 use crate::upstream::{CoreClient, UpstreamError};
 use crate::wire::EncodedMerchant;
 
@@ -227,7 +227,8 @@ impl Resolver {
         equal: Equal,
     ) -> bool {
         let stores = self.stores.load();
-        if let Some(stored) = stores.stored_as_of(&id) {
+        let held = stores.stored(&id);
+        if let Some(stored) = held.map(Stored::as_of_sequence) {
             if stored > as_of_sequence || (stored == as_of_sequence && equal == Equal::Keep) {
                 return false;
             }
@@ -236,14 +237,14 @@ impl Resolver {
         match merchant {
             Some(merchant) => {
                 let ttl = config.cache.positive_ttl;
-                stores.put_positive(id, PositiveEntry { merchant, as_of_sequence, learned_at, ttl })
+                stores.put_positive(id, PositiveEntry { merchant, as_of_sequence, learned_at, ttl }, held)
             }
             None => {
                 let ttl = self.feed.negative_ttl(config.cache.negative_ttl, config.feed.negative_ttl_when_down);
                 if ttl.is_zero() {
                     stores.remove(&id);
                 } else {
-                    stores.put_negative(id, NegativeEntry { as_of_sequence, learned_at, ttl });
+                    stores.put_negative(id, NegativeEntry { as_of_sequence, learned_at, ttl }, held);
                 }
             }
         }

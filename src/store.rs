@@ -78,6 +78,21 @@ fn within_ttl(learned_at: Instant, stamped: Duration, configured: Duration, now:
     now.saturating_duration_since(learned_at) < stamped.min(configured)
 }
 
+/// What a store holds for an ID, with the core sequence it reflects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    Positive(u64),
+    Negative(u64),
+}
+
+impl Stored {
+    pub fn as_of_sequence(self) -> u64 {
+        match self {
+            Self::Positive(sequence) | Self::Negative(sequence) => sequence,
+        }
+    }
+}
+
 /// Most entries each store holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capacities {
@@ -147,15 +162,19 @@ impl Stores {
         self.negative.get(id).filter(|entry| within_ttl(entry.learned_at, entry.ttl, ttl, now))
     }
 
-    /// Stores a merchant and forgets any "not found" for it.
-    pub fn put_positive(&self, id: Arc<str>, entry: PositiveEntry) {
-        self.negative.invalidate(&id);
+    /// Stores a merchant and forgets any "not found" for it (`held` is what [`Self::stored`] said).
+    pub fn put_positive(&self, id: Arc<str>, entry: PositiveEntry, held: Option<Stored>) {
+        if !matches!(held, Some(Stored::Positive(_))) {
+            self.negative.invalidate(&id);
+        }
         self.positive.insert(id, Arc::new(entry));
     }
 
-    /// Stores a "not found" and forgets any merchant for that ID.
-    pub fn put_negative(&self, id: Arc<str>, entry: NegativeEntry) {
-        self.positive.invalidate(&id);
+    /// Stores a "not found" and forgets any merchant for that ID (`held` is what [`Self::stored`] said).
+    pub fn put_negative(&self, id: Arc<str>, entry: NegativeEntry, held: Option<Stored>) {
+        if !matches!(held, Some(Stored::Negative(_))) {
+            self.positive.invalidate(&id);
+        }
         self.negative.insert(id, entry);
     }
 
@@ -165,12 +184,14 @@ impl Stores {
         self.negative.invalidate(id);
     }
 
-    /// The core sequence of whatever is stored for `id`, fresh or not: a change notice older than it
-    /// must not overwrite it.
-    pub fn stored_as_of(&self, id: &str) -> Option<u64> {
-        let positive = self.positive.get(id).map(|entry| entry.as_of_sequence);
-        let negative = self.negative.get(id).map(|entry| entry.as_of_sequence);
-        positive.max(negative)
+    /// Which store holds `id`, fresh or not, and as of which core sequence: a change notice older than
+    /// it must not overwrite it. The two stores never both hold an ID (every write for an ID happens
+    /// under its fill slot's lock and clears the other store), so one read usually answers.
+    pub fn stored(&self, id: &str) -> Option<Stored> {
+        match self.positive.get(id) {
+            Some(entry) => Some(Stored::Positive(entry.as_of_sequence)),
+            None => self.negative.get(id).map(|entry| Stored::Negative(entry.as_of_sequence)),
+        }
     }
 
     pub fn holds_positive(&self, id: &str) -> bool {
@@ -231,9 +252,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn entries_expire_on_the_shorter_of_their_stamp_and_the_current_ttl() {
         let stores = stores(100);
-        stores.put_positive("a".into(), merchant("a"));
-        stores.put_negative("b".into(), not_found(Duration::from_secs(5)));
-        stores.put_negative("c".into(), not_found(Duration::from_millis(500)));
+        stores.put_positive("a".into(), merchant("a"), None);
+        stores.put_negative("b".into(), not_found(Duration::from_secs(5)), None);
+        stores.put_negative("c".into(), not_found(Duration::from_millis(500)), None);
         tokio::time::advance(Duration::from_secs(1)).await;
         let now = Instant::now();
         assert!(stores.fresh_positive("a", now, LONG).is_some());
@@ -249,10 +270,10 @@ mod tests {
     #[tokio::test]
     async fn positive_and_negative_exclude_each_other() {
         let stores = stores(100);
-        stores.put_negative("a".into(), not_found(LONG));
-        stores.put_positive("a".into(), merchant("a"));
+        stores.put_negative("a".into(), not_found(LONG), None);
+        stores.put_positive("a".into(), merchant("a"), None);
         assert!(stores.fresh_negative("a", Instant::now(), LONG).is_none());
-        stores.put_negative("a".into(), not_found(LONG));
+        stores.put_negative("a".into(), not_found(LONG), None);
         assert!(stores.fresh_positive("a", Instant::now(), LONG).is_none());
         stores.remove("a");
         assert!(stores.fresh_negative("a", Instant::now(), LONG).is_none());
@@ -262,10 +283,10 @@ mod tests {
     async fn a_flood_of_unknown_ids_cannot_evict_merchants() {
         let stores = stores(50);
         for i in 0..100 {
-            stores.put_positive(format!("known{i}").into(), merchant("k"));
+            stores.put_positive(format!("known{i}").into(), merchant("k"), None);
         }
         for i in 0..10_000 {
-            stores.put_negative(format!("unknown{i}").into(), not_found(LONG));
+            stores.put_negative(format!("unknown{i}").into(), not_found(LONG), None);
         }
         let (positive, negative) = stores.entry_counts();
         assert_eq!(positive, 100);
@@ -277,8 +298,8 @@ mod tests {
     async fn migration_keeps_every_entry_that_fits() {
         let old = stores(100);
         for i in 0..20 {
-            old.put_positive(format!("known{i}").into(), merchant("k"));
-            old.put_negative(format!("unknown{i}").into(), not_found(LONG));
+            old.put_positive(format!("known{i}").into(), merchant("k"), None);
+            old.put_negative(format!("unknown{i}").into(), not_found(LONG), None);
         }
         let grown = Stores::new(Capacities { positive: 2000, negative: 200 }, &Arc::new(Metrics::default()));
         grown.migrate_from(&old);
