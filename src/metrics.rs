@@ -5,11 +5,14 @@ use std::time::Duration;
 use std::fmt::Write as _;
 use std::sync::atomic::AtomicU64;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::{
+    EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder, NoLabelSet,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::feed::FeedStatus;
@@ -315,8 +318,6 @@ pub struct Metrics {
     pub feed: FeedMetrics,
     pub config: ConfigMetrics,
     evictions: Family<EvictionLabels, Counter>,
-    store_hits: Family<StoreLabels, Counter>,
-    store_misses: Family<StoreLabels, Counter>,
     lookups: Family<LookupLabels, Counter>,
     core_calls: Family<CoreCallLabels, Counter>,
     core_call_duration: Histogram,
@@ -365,14 +366,20 @@ impl Default for Metrics {
             }
         }
         registry.register("cache_evictions", "Entries that left a store, by store and cause", evictions.clone());
-        let store_hits = Family::<StoreLabels, Counter>::default();
-        registry.register("cache_hits", "Lookups answered by a store", store_hits.clone());
-        let store_misses = Family::<StoreLabels, Counter>::default();
-        registry.register(
-            "cache_misses",
-            "Lookups a store could not answer (absent or past its TTL)",
-            store_misses.clone(),
-        );
+        // Store hits and misses follow from how lookups ended, so they are summed when scraped and the
+        // lookup path counts each lookup once.
+        let outcomes = LookupCounters::resolve(&lookups);
+        let fell_through = [&outcomes.upstream_found, &outcomes.upstream_not_found, &outcomes.unavailable];
+        let hits = StoreTally(vec![
+            (StoreLabel::Positive, vec![outcomes.cache_hit.clone()]),
+            (StoreLabel::Negative, vec![outcomes.negative_hit.clone()]),
+        ]);
+        registry.register("cache_hits", "Lookups answered by a store", hits);
+        let misses = StoreTally(vec![
+            (StoreLabel::Positive, std::iter::once(&outcomes.negative_hit).chain(fell_through).cloned().collect()),
+            (StoreLabel::Negative, fell_through.into_iter().cloned().collect()),
+        ]);
+        registry.register("cache_misses", "Lookups a store could not answer (absent or past its TTL)", misses);
         let build_info = Family::<BuildInfoLabels, Gauge>::default();
         registry.register("build_info", "The running build", build_info.clone());
         build_info.get_or_create(&BuildInfoLabels { version: env!("CARGO_PKG_VERSION").to_owned() }).set(1);
@@ -381,8 +388,6 @@ impl Default for Metrics {
             feed,
             config,
             evictions,
-            store_hits,
-            store_misses,
             lookups,
             core_calls,
             core_call_duration,
@@ -394,11 +399,6 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// The counter for one kind of lookup outcome; resolve once and keep it.
-    pub fn lookup_counter(&self, source: SourceLabel, result: ResultLabel) -> Counter {
-        self.lookups.get_or_create(&LookupLabels { source, result }).clone()
-    }
-
     pub fn record_core_call(&self, result: CoreCallResult, elapsed: Duration) {
         self.core_calls.get_or_create(&CoreCallLabels { result }).inc();
         self.core_call_duration.observe(elapsed.as_secs_f64());
@@ -406,12 +406,6 @@ impl Metrics {
 
     pub fn count_eviction(&self, store: StoreLabel, cause: EvictionCause) {
         self.evictions.get_or_create(&EvictionLabels { store, cause }).inc();
-    }
-
-    /// The (hit, miss) counters of one store; resolve once and keep them.
-    pub fn store_counters(&self, store: StoreLabel) -> (Counter, Counter) {
-        let labels = StoreLabels { store };
-        (self.store_hits.get_or_create(&labels).clone(), self.store_misses.get_or_create(&labels).clone())
     }
 
     pub fn set_cache_entries(&self, positive: u64, negative: u64) {
@@ -430,12 +424,29 @@ impl Metrics {
     }
 }
 
+/// A counter per store whose value is a sum of lookup-outcome counters, computed when scraped.
+#[derive(Debug)]
+struct StoreTally(Vec<(StoreLabel, Vec<Counter>)>);
+
+impl EncodeMetric for StoreTally {
+    fn encode(&self, mut encoder: MetricEncoder) -> std::fmt::Result {
+        for (store, parts) in &self.0 {
+            let total: u64 = parts.iter().map(Counter::get).sum();
+            encoder
+                .encode_family(&StoreLabels { store: *store })?
+                .encode_counter::<NoLabelSet, _, u64>(&total, None)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
 /// Pre-resolved lookup counters for the hot paths.
 #[derive(Clone)]
 pub struct LookupCounters {
-    /// (hits, misses) of each store.
-    pub positive_store: (Counter, Counter),
-    pub negative_store: (Counter, Counter),
     pub cache_hit: Counter,
     pub negative_hit: Counter,
     pub upstream_found: Counter,
@@ -446,17 +457,20 @@ pub struct LookupCounters {
 
 impl LookupCounters {
     pub fn new(metrics: &Metrics) -> Self {
+        Self::resolve(&metrics.lookups)
+    }
+
+    fn resolve(lookups: &Family<LookupLabels, Counter>) -> Self {
         use ResultLabel::*;
         use SourceLabel as S;
+        let counter = |source, result| lookups.get_or_create(&LookupLabels { source, result }).clone();
         Self {
-            positive_store: metrics.store_counters(StoreLabel::Positive),
-            negative_store: metrics.store_counters(StoreLabel::Negative),
-            cache_hit: metrics.lookup_counter(S::Cache, Found),
-            negative_hit: metrics.lookup_counter(S::NegativeCache, NotFound),
-            upstream_found: metrics.lookup_counter(S::Upstream, Found),
-            upstream_not_found: metrics.lookup_counter(S::Upstream, NotFound),
-            invalid_id: metrics.lookup_counter(S::None, InvalidId),
-            unavailable: metrics.lookup_counter(S::None, Unavailable),
+            cache_hit: counter(S::Cache, Found),
+            negative_hit: counter(S::NegativeCache, NotFound),
+            upstream_found: counter(S::Upstream, Found),
+            upstream_not_found: counter(S::Upstream, NotFound),
+            invalid_id: counter(S::None, InvalidId),
+            unavailable: counter(S::None, Unavailable),
         }
     }
 }

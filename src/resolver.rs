@@ -124,9 +124,7 @@ impl Resolver {
         })?;
         let now = Instant::now();
         let stores = self.stores.load();
-        let (positive_hits, positive_misses) = &self.counters.positive_store;
         if let Some(entry) = stores.fresh_positive(&id, now, config.cache.positive_ttl) {
-            positive_hits.inc();
             self.counters.cache_hit.inc();
             return Ok(InMemory::Answered(Answer {
                 merchant: Some(entry.merchant.clone()),
@@ -135,14 +133,11 @@ impl Resolver {
                 as_of_sequence: entry.as_of_sequence,
             }));
         }
-        positive_misses.inc();
-        let (negative_hits, negative_misses) = &self.counters.negative_store;
         let when_down = config.feed.negative_ttl_when_down;
         if let Some(entry) = stores
             .fresh_negative(&id, now, config.cache.negative_ttl)
             .filter(|entry| self.feed.trusts_negative(entry.learned_at, now, when_down))
         {
-            negative_hits.inc();
             self.counters.negative_hit.inc();
             return Ok(InMemory::Answered(Answer {
                 merchant: None,
@@ -151,7 +146,6 @@ impl Resolver {
                 as_of_sequence: entry.as_of_sequence,
             }));
         }
-        negative_misses.inc();
         Ok(InMemory::Missed(id))
     }
 
