@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use merchant_edge::metrics::Metrics;
 use merchant_edge::sim::dataset::{synthetic_id, synthetic_merchant};
 use merchant_edge::store::{Capacities, NegativeEntry, PositiveEntry, Stores};
@@ -37,11 +37,7 @@ fn stores(c: &mut Criterion) {
     group.sample_size(10).throughput(Throughput::Elements(200_000));
     group.bench_function("100k merchants + 100k not-founds", |b| {
         let bigger = Capacities { positive: 400_000, negative: 400_000 };
-        b.iter_batched(
-            || Stores::new(bigger, &Arc::new(Metrics::default())),
-            |fresh| fresh.migrate_from(&stores),
-            BatchSize::PerIteration,
-        )
+        b.iter_with_large_drop(|| Stores::migrated(bigger, &Arc::new(Metrics::default()), &stores))
     });
     group.finish();
 }

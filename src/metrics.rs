@@ -404,8 +404,8 @@ impl Metrics {
         self.core_call_duration.observe(elapsed.as_secs_f64());
     }
 
-    pub fn count_eviction(&self, store: StoreLabel, cause: EvictionCause) {
-        self.evictions.get_or_create(&EvictionLabels { store, cause }).inc();
+    pub fn count_evictions(&self, store: StoreLabel, cause: EvictionCause, count: u64) {
+        self.evictions.get_or_create(&EvictionLabels { store, cause }).inc_by(count);
     }
 
     pub fn set_cache_entries(&self, positive: u64, negative: u64) {

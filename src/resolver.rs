@@ -1,5 +1,6 @@
 //! The lookup path: normalise the ID, answer from the positive or negative store, otherwise ask the
 //! core once (coalesced, fenced) and remember its answer.
+use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use futures::FutureExt;
 use tokio::sync::RwLock;
 use tokio::time::Instant;
 
-use crate::config::{CacheConfig, LiveConfig};
+use crate::config::{CacheConfig, Config, LiveConfig};
 use crate::feed::FeedStatus;
 use crate::fill::{Fill, Filled, Fills, Role};
 use crate::merchant_id::IdError;
@@ -65,6 +66,76 @@ fn capacities(cache: &CacheConfig) -> Capacities {
     Capacities { positive: cache.positive_capacity.get(), negative: cache.negative_capacity.get() }
 }
 
+/// Outcomes counted by a [`MemoryReader`] until it is dropped.
+#[derive(Default, Clone, Copy)]
+struct Tally {
+    cache_hit: u64,
+    negative_hit: u64,
+    invalid_id: u64,
+}
+
+/// Answers IDs from memory as of one moment; see [`Resolver::memory`].
+pub struct MemoryReader<'r> {
+    resolver: &'r Resolver,
+    config: arc_swap::Guard<Arc<Config>>,
+    stores: arc_swap::Guard<Arc<Stores>>,
+    now: Instant,
+    tally: Cell<Tally>,
+}
+
+impl MemoryReader<'_> {
+    fn count(&self, outcome: impl FnOnce(&mut Tally)) {
+        let mut tally = self.tally.get();
+        outcome(&mut tally);
+        self.tally.set(tally);
+    }
+
+    /// The answer memory holds for one ID as a terminal sent it, or the normalised ID to ask the core.
+    pub fn answer<'a>(&self, raw_id: &'a str) -> Result<InMemory<'a>, LookupError> {
+        let (config, stores, now) = (&self.config, &self.stores, self.now);
+        let id = config.merchant_id.normalise(raw_id).inspect_err(|_| self.count(|tally| tally.invalid_id += 1))?;
+        if let Some(entry) = stores.fresh_positive(&id, now, config.cache.positive_ttl) {
+            self.count(|tally| tally.cache_hit += 1);
+            return Ok(InMemory::Answered(Answer {
+                merchant: Some(entry.merchant),
+                source: Source::Cache,
+                age: now.saturating_duration_since(entry.learned_at),
+                as_of_sequence: entry.as_of_sequence,
+            }));
+        }
+        let when_down = config.feed.negative_ttl_when_down;
+        if let Some(entry) = stores
+            .fresh_negative(&id, now, config.cache.negative_ttl)
+            .filter(|entry| self.resolver.feed.trusts_negative(entry.learned_at, now, when_down))
+        {
+            self.count(|tally| tally.negative_hit += 1);
+            return Ok(InMemory::Answered(Answer {
+                merchant: None,
+                source: Source::NegativeCache,
+                age: now.saturating_duration_since(entry.learned_at),
+                as_of_sequence: entry.as_of_sequence,
+            }));
+        }
+        Ok(InMemory::Missed(id))
+    }
+}
+
+impl Drop for MemoryReader<'_> {
+    fn drop(&mut self) {
+        let tally = self.tally.get();
+        let counters = &self.resolver.counters;
+        for (counter, count) in [
+            (&counters.cache_hit, tally.cache_hit),
+            (&counters.negative_hit, tally.negative_hit),
+            (&counters.invalid_id, tally.invalid_id),
+        ] {
+            if count > 0 {
+                counter.inc_by(count);
+            }
+        }
+    }
+}
+
 /// What a lookup found in memory, or the normalised ID to ask the core about.
 pub enum InMemory<'a> {
     Answered(Answer),
@@ -116,37 +187,21 @@ impl Resolver {
         })
     }
 
-    /// The hit path: validation and both stores, under the config in force now.
+    /// The hit path for one ID: validation and both stores, under the config in force now.
     pub fn answer_from_memory<'a>(&self, raw_id: &'a str) -> Result<InMemory<'a>, LookupError> {
-        let config = self.config.load();
-        let id = config.merchant_id.normalise(raw_id).inspect_err(|_| {
-            self.counters.invalid_id.inc();
-        })?;
-        let now = Instant::now();
-        let stores = self.stores.load();
-        if let Some(entry) = stores.fresh_positive(&id, now, config.cache.positive_ttl) {
-            self.counters.cache_hit.inc();
-            return Ok(InMemory::Answered(Answer {
-                merchant: Some(entry.merchant.clone()),
-                source: Source::Cache,
-                age: now.saturating_duration_since(entry.learned_at),
-                as_of_sequence: entry.as_of_sequence,
-            }));
+        self.memory().answer(raw_id)
+    }
+
+    /// A reader for answering many IDs from memory under one config, one set of stores and one clock
+    /// reading (a batch), counting outcomes once at the end.
+    pub fn memory(&self) -> MemoryReader<'_> {
+        MemoryReader {
+            resolver: self,
+            config: self.config.load(),
+            stores: self.stores.load(),
+            now: Instant::now(),
+            tally: Cell::default(),
         }
-        let when_down = config.feed.negative_ttl_when_down;
-        if let Some(entry) = stores
-            .fresh_negative(&id, now, config.cache.negative_ttl)
-            .filter(|entry| self.feed.trusts_negative(entry.learned_at, now, when_down))
-        {
-            self.counters.negative_hit.inc();
-            return Ok(InMemory::Answered(Answer {
-                merchant: None,
-                source: Source::NegativeCache,
-                age: now.saturating_duration_since(entry.learned_at),
-                as_of_sequence: entry.as_of_sequence,
-            }));
-        }
-        Ok(InMemory::Missed(id))
     }
 
     /// Asks the core for `id`, sharing the call with every concurrent lookup of the same ID.
@@ -319,13 +374,9 @@ impl Resolver {
         let writes = self.store_writes.write().await;
         let old = self.stores.load_full();
         let metrics = self.metrics.clone();
-        let rebuilt = tokio::task::spawn_blocking(move || {
-            let new = Stores::new(wanted, &metrics);
-            new.migrate_from(&old);
-            new
-        })
-        .await
-        .expect("migrating the stores does not panic");
+        let rebuilt = tokio::task::spawn_blocking(move || Stores::migrated(wanted, &metrics, &old))
+            .await
+            .expect("migrating the stores does not panic");
         self.stores.store(Arc::new(rebuilt));
         drop(writes);
         true

@@ -25,6 +25,11 @@ impl EncodedMerchant {
         Self(Bytes::from(merchant.encode_to_vec()))
     }
 
+    /// Bytes that already hold an encoded `merchant.v1.Merchant` (as the positive store keeps them).
+    pub fn from_bytes(encoded: Bytes) -> Self {
+        Self(encoded)
+    }
+
     /// The record itself, for the few places that read fields (not the answer path).
     pub fn decode(&self) -> pb::Merchant {
         pb::Merchant::decode(self.0.clone()).expect("the edge encoded these bytes itself")

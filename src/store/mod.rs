@@ -1,12 +1,13 @@
 //! The two answer stores. Positive and negative answers live apart, each bounded and with its own TTL,
 //! so a flood of unknown IDs can only evict other "not found" entries, never a known merchant.
 //!
-//! moka bounds each store (TinyLFU admission resists scans) and reclaims memory on its own wall clock,
-//! after the TTL stamped on each entry when it was stored. Freshness is decided here, on tokio's clock,
-//! against the shorter of that stamp and the TTL configured now: a shortened TTL applies at once to
-//! entries already stored, a lengthened one to entries stored from then on (so reloads never need to
-//! touch entries), and tests can move time with tokio's paused clock. Capacities cannot change in place
-//! in moka; [`Stores::migrate_from`] fills a new pair of stores from an old one.
+//! Merchants live in [`positive::PositiveStore`], packed for memory (the edge may hold the whole merchant
+//! table). "Not found" answers live in moka, whose TinyLFU admission keeps a flood of random IDs from
+//! churning the store, and which reclaims them on its own wall clock after the TTL stamped on each entry.
+//! Freshness is decided here, on tokio's clock, against the shorter of that stamp and the TTL configured
+//! now: a shortened TTL applies at once to entries already stored, a lengthened one to entries stored
+//! from then on (so reloads never need to touch entries), and tests can move time with tokio's paused
+//! clock. Capacities change by building new stores from the old ones ([`Stores::migrated`]).
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,19 +16,11 @@ use moka::sync::Cache;
 use tokio::time::Instant;
 
 use crate::metrics::{EvictionCause, Metrics, StoreLabel};
-use crate::wire::EncodedMerchant;
 
-/// A merchant the core said exists.
-#[derive(Debug)]
-pub struct PositiveEntry {
-    /// Encoded once, answered as is.
-    pub merchant: EncodedMerchant,
-    /// The core sequence the record reflects.
-    pub as_of_sequence: u64,
-    pub learned_at: Instant,
-    /// The positive TTL when it was stored.
-    pub ttl: Duration,
-}
+pub mod positive;
+
+pub use positive::PositiveEntry;
+use positive::PositiveStore;
 
 /// The core's "no such merchant".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,39 +31,22 @@ pub struct NegativeEntry {
     pub ttl: Duration,
 }
 
-/// What moka needs to know to reclaim an entry.
-trait Stamped {
-    fn ttl(&self) -> Duration;
-}
-
-impl Stamped for Arc<PositiveEntry> {
-    fn ttl(&self) -> Duration {
-        self.ttl
-    }
-}
-
-impl Stamped for NegativeEntry {
-    fn ttl(&self) -> Duration {
-        self.ttl
-    }
-}
-
-/// Lets moka reclaim each entry after its own stamped TTL.
+/// Lets moka reclaim each "not found" after its own stamped TTL.
 struct StampedExpiry;
 
-impl<V: Stamped> moka::Expiry<Arc<str>, V> for StampedExpiry {
-    fn expire_after_create(&self, _: &Arc<str>, value: &V, _: std::time::Instant) -> Option<Duration> {
-        Some(value.ttl())
+impl moka::Expiry<Arc<str>, NegativeEntry> for StampedExpiry {
+    fn expire_after_create(&self, _: &Arc<str>, value: &NegativeEntry, _: std::time::Instant) -> Option<Duration> {
+        Some(value.ttl)
     }
 
     fn expire_after_update(
         &self,
         _: &Arc<str>,
-        value: &V,
+        value: &NegativeEntry,
         _: std::time::Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(value.ttl())
+        Some(value.ttl)
     }
 }
 
@@ -101,21 +77,16 @@ pub struct Capacities {
 }
 
 pub struct Stores {
-    positive: Cache<Arc<str>, Arc<PositiveEntry>>,
+    positive: PositiveStore,
     negative: Cache<Arc<str>, NegativeEntry>,
     capacities: Capacities,
 }
 
-fn build<V: Stamped + Clone + Send + Sync + 'static>(
-    capacity: u64,
-    store: StoreLabel,
-    metrics: &Arc<Metrics>,
-) -> Cache<Arc<str>, V> {
+fn negative_store(capacity: u64, metrics: &Arc<Metrics>) -> Cache<Arc<str>, NegativeEntry> {
     let metrics = metrics.clone();
     Cache::builder()
         .max_capacity(capacity)
         .expire_after(StampedExpiry)
-        .support_invalidation_closures()
         .eviction_listener(move |_, _, cause| {
             let cause = match cause {
                 RemovalCause::Expired => EvictionCause::Expired,
@@ -123,38 +94,52 @@ fn build<V: Stamped + Clone + Send + Sync + 'static>(
                 RemovalCause::Replaced => EvictionCause::Replaced,
                 RemovalCause::Size => EvictionCause::Size,
             };
-            metrics.count_eviction(store, cause);
+            metrics.count_evictions(StoreLabel::Negative, cause, 1);
         })
         .build()
+}
+
+fn positive_store(capacity: u64, epoch: Instant, metrics: &Arc<Metrics>) -> PositiveStore {
+    let metrics = metrics.clone();
+    PositiveStore::new(
+        capacity,
+        epoch,
+        Box::new(move |cause, count| metrics.count_evictions(StoreLabel::Positive, cause, count)),
+    )
 }
 
 impl Stores {
     pub fn new(capacities: Capacities, metrics: &Arc<Metrics>) -> Self {
         Self {
-            positive: build(capacities.positive, StoreLabel::Positive, metrics),
-            negative: build(capacities.negative, StoreLabel::Negative, metrics),
+            positive: positive_store(capacities.positive, Instant::now(), metrics),
+            negative: negative_store(capacities.negative, metrics),
             capacities,
         }
+    }
+
+    /// New stores holding every entry of `old` that fits (the caller keeps writers out meanwhile). When
+    /// shrinking, each store's eviction policy decides which entries stay.
+    pub fn migrated(capacities: Capacities, metrics: &Arc<Metrics>, old: &Stores) -> Self {
+        let stores = Self {
+            // The old epoch, so that every entry's learned_at still fits.
+            positive: positive_store(capacities.positive, old.positive.epoch(), metrics),
+            negative: negative_store(capacities.negative, metrics),
+            capacities,
+        };
+        old.positive.for_each(|id, entry| stores.positive.insert(id, &entry));
+        for (id, entry) in old.negative.iter() {
+            stores.negative.insert(id.as_ref().clone(), entry);
+        }
+        stores
     }
 
     pub fn capacities(&self) -> Capacities {
         self.capacities
     }
 
-    /// Copies every entry of `old` (the caller keeps writers out meanwhile). When shrinking, moka's
-    /// eviction policy decides which entries stay.
-    pub fn migrate_from(&self, old: &Stores) {
-        for (id, entry) in old.positive.iter() {
-            self.positive.insert(id.as_ref().clone(), entry);
-        }
-        for (id, entry) in old.negative.iter() {
-            self.negative.insert(id.as_ref().clone(), entry);
-        }
-    }
-
     /// The stored merchant, if it is still within its TTL at `now`.
-    pub fn fresh_positive(&self, id: &str, now: Instant, ttl: Duration) -> Option<Arc<PositiveEntry>> {
-        self.positive.get(id).filter(|entry| within_ttl(entry.learned_at, entry.ttl, ttl, now))
+    pub fn fresh_positive(&self, id: &str, now: Instant, ttl: Duration) -> Option<PositiveEntry> {
+        self.positive.fresh(id, now, ttl)
     }
 
     /// The stored "not found", if it is still within its TTL at `now`.
@@ -167,20 +152,20 @@ impl Stores {
         if !matches!(held, Some(Stored::Positive(_))) {
             self.negative.invalidate(&id);
         }
-        self.positive.insert(id, Arc::new(entry));
+        self.positive.insert(&id, &entry);
     }
 
     /// Stores a "not found" and forgets any merchant for that ID (`held` is what [`Self::stored`] said).
     pub fn put_negative(&self, id: Arc<str>, entry: NegativeEntry, held: Option<Stored>) {
         if !matches!(held, Some(Stored::Negative(_))) {
-            self.positive.invalidate(&id);
+            self.positive.remove(&id);
         }
         self.negative.insert(id, entry);
     }
 
     /// Forgets everything about one ID.
     pub fn remove(&self, id: &str) {
-        self.positive.invalidate(id);
+        self.positive.remove(id);
         self.negative.invalidate(id);
     }
 
@@ -188,14 +173,14 @@ impl Stores {
     /// it must not overwrite it. The two stores never both hold an ID (every write for an ID happens
     /// under its fill slot's lock and clears the other store), so one read usually answers.
     pub fn stored(&self, id: &str) -> Option<Stored> {
-        match self.positive.get(id) {
-            Some(entry) => Some(Stored::Positive(entry.as_of_sequence)),
+        match self.positive.as_of_sequence(id) {
+            Some(sequence) => Some(Stored::Positive(sequence)),
             None => self.negative.get(id).map(|entry| Stored::Negative(entry.as_of_sequence)),
         }
     }
 
     pub fn holds_positive(&self, id: &str) -> bool {
-        self.positive.contains_key(id)
+        self.positive.contains(id)
     }
 
     /// Forgets every "not found" (after the feed lost track of changes, none of them can be trusted).
@@ -205,30 +190,28 @@ impl Stores {
 
     /// Forgets everything (the core's history was replaced: sequences are no longer comparable).
     pub fn clear_all(&self) {
-        self.positive.invalidate_all();
+        self.positive.remove_where(|_| true);
         self.negative.invalidate_all();
     }
 
     /// Forgets merchants stored before `sequence` that a snapshot taken at `sequence` did not refresh:
     /// they were deleted while the feed was out of step.
     pub fn drop_positives_older_than(&self, sequence: u64) {
-        self.positive
-            .invalidate_entries_if(move |_, entry| entry.as_of_sequence < sequence)
-            .expect("invalidation closures are enabled on the positive store");
+        self.positive.remove_where(|entry| entry.as_of_sequence < sequence);
     }
 
     /// Entry counts (positive, negative), after running moka's pending maintenance (until it has run,
     /// moka's counts are estimates).
     pub fn entry_counts(&self) -> (u64, u64) {
-        self.positive.run_pending_tasks();
         self.negative.run_pending_tasks();
-        (self.positive.entry_count(), self.negative.entry_count())
+        (self.positive.len(), self.negative.entry_count())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::EncodedMerchant;
 
     const LONG: Duration = Duration::from_secs(60);
 
@@ -301,13 +284,11 @@ mod tests {
             old.put_positive(format!("known{i}").into(), merchant("k"), None);
             old.put_negative(format!("unknown{i}").into(), not_found(LONG), None);
         }
-        let grown = Stores::new(Capacities { positive: 2000, negative: 200 }, &Arc::new(Metrics::default()));
-        grown.migrate_from(&old);
+        let grown = Stores::migrated(Capacities { positive: 2000, negative: 200 }, &Arc::new(Metrics::default()), &old);
         assert_eq!(grown.entry_counts(), (20, 20));
         let entry = grown.fresh_positive("known3", Instant::now(), LONG).unwrap();
         assert_eq!(entry.as_of_sequence, 1, "entries move with their stamps");
-        let shrunk = Stores::new(Capacities { positive: 5, negative: 5 }, &Arc::new(Metrics::default()));
-        shrunk.migrate_from(&old);
+        let shrunk = Stores::migrated(Capacities { positive: 5, negative: 5 }, &Arc::new(Metrics::default()), &old);
         let (positive, negative) = shrunk.entry_counts();
         assert!(positive <= 5 && negative <= 5, "{positive} {negative}");
     }
