@@ -1,7 +1,4 @@
 //! Readiness, reported the same way to gRPC health checks and to the admin `/readyz`.
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
 use tokio::sync::watch;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
@@ -16,15 +13,16 @@ const LOOKUP_SERVICE: &str = <MerchantLookupServer<LookupService> as tonic::serv
 #[derive(Clone)]
 pub struct Readiness {
     ready: watch::Sender<bool>,
-    /// Once set, nothing makes the edge ready again (a warm start finishing mid-drain must not).
-    draining: Arc<AtomicBool>,
+    /// Once true, nothing makes the edge ready again (a warm start finishing mid-drain must not), and
+    /// long-lived streams wind down.
+    draining: watch::Sender<bool>,
     health: HealthReporter,
 }
 
 impl Readiness {
     /// Starts not ready.
     pub fn new(health: HealthReporter) -> Self {
-        Self { ready: watch::Sender::new(false), draining: Arc::new(AtomicBool::new(false)), health }
+        Self { ready: watch::Sender::new(false), draining: watch::Sender::new(false), health }
     }
 
     pub fn is_ready(&self) -> bool {
@@ -32,7 +30,17 @@ impl Readiness {
     }
 
     fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
+        *self.draining.borrow()
+    }
+
+    /// Completes once the edge starts draining: streams that would stay open indefinitely end then,
+    /// so that the drain does not wait for them until the grace period runs out.
+    pub fn drain_started(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut draining = self.draining.subscribe();
+        async move {
+            // An error means the readiness is gone, which only happens at the end of shutdown.
+            let _ = draining.wait_for(|draining| *draining).await;
+        }
     }
 
     /// Reports the change feed as its own health-check service, so probes can tell "serving, but the
@@ -59,7 +67,7 @@ impl Readiness {
     /// them open, and a drain would otherwise wait for them until the grace period runs out). Checks
     /// after this answer NOT_FOUND, which probes treat as not serving.
     pub async fn begin_draining(&self) {
-        self.draining.store(true, Ordering::Release);
+        self.draining.send_replace(true);
         self.ready.send_replace(false);
         let mut health = self.health.clone();
         for service in ["", LOOKUP_SERVICE, FEED_HEALTH_SERVICE] {

@@ -168,7 +168,7 @@ impl Edge {
         };
 
         let (reflection_v1, reflection_v1alpha) = crate::pb::reflection_services();
-        let lookup = MerchantLookupServer::new(LookupService::new(resolver.clone(), live.clone()))
+        let lookup = MerchantLookupServer::new(LookupService::new(resolver.clone(), live.clone(), readiness.clone()))
             .max_decoding_message_size(config.server.max_request_bytes.get() as usize);
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)

@@ -3,9 +3,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tonic::{Request, Response, Status};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::LiveConfig;
+use crate::readiness::Readiness;
 use crate::resolver::{Answer, InMemory, LookupError, Resolver};
 use crate::status::{lookup_code, CallError};
 use crate::wire::merchant_lookup_server::MerchantLookup;
@@ -17,13 +22,18 @@ use crate::wire::{
 pub struct LookupService {
     resolver: Arc<Resolver>,
     config: LiveConfig,
+    readiness: Readiness,
 }
 
 impl LookupService {
-    pub fn new(resolver: Arc<Resolver>, config: LiveConfig) -> Self {
-        Self { resolver, config }
+    pub fn new(resolver: Arc<Resolver>, config: LiveConfig, readiness: Readiness) -> Self {
+        Self { resolver, config, readiness }
     }
 }
+
+/// Results a stream may have ready but not yet taken by the client; beyond this the edge stops
+/// reading its requests (HTTP/2 flow control then pushes back on the client).
+const STREAM_RESULTS_BUFFERED: usize = 256;
 
 fn provenance(answer: &Answer) -> Provenance {
     Provenance {
@@ -64,8 +74,75 @@ fn batch_result(requested_merchant_id: String, answer: Result<Answer, LookupErro
     }
 }
 
+/// Answers one `StreamLookup` call until the client half-closes, the client goes away (then its lookups
+/// waiting for the core are dropped with it), or a drain starts.
+async fn serve_stream(
+    resolver: Arc<Resolver>,
+    config: LiveConfig,
+    mut requests: Streaming<LookupRequest>,
+    results: mpsc::Sender<Result<BatchLookupResult, Status>>,
+    drain_started: impl std::future::Future<Output = ()>,
+) {
+    let mut from_core = FuturesUnordered::new();
+    tokio::pin!(drain_started);
+    let mut reading = true;
+    while reading || !from_core.is_empty() {
+        // Lookups waiting for the core are bounded like a batch, so one stream cannot queue unboundedly.
+        let may_read = reading && from_core.len() < config.load().server.max_batch_size.get() as usize;
+        let result = tokio::select! {
+            biased;
+            () = results.closed() => return,
+            () = &mut drain_started, if reading => {
+                reading = false;
+                continue;
+            }
+            Some((id, answer)) = from_core.next(), if !from_core.is_empty() => batch_result(id, answer),
+            request = requests.message(), if may_read => match request {
+                Ok(Some(LookupRequest { merchant_id })) => match resolver.answer_from_memory(&merchant_id) {
+                    Ok(InMemory::Answered(answer)) => batch_result(merchant_id, Ok(answer)),
+                    Ok(InMemory::Missed(normalised)) => {
+                        let (resolver, normalised) = (resolver.clone(), normalised.into_owned());
+                        from_core.push(async move { (merchant_id, resolver.answer_from_core(&normalised).await) });
+                        continue;
+                    }
+                    Err(error) => batch_result(merchant_id, Err(error)),
+                },
+                Ok(None) => {
+                    reading = false;
+                    continue;
+                }
+                Err(status) => {
+                    // The request stream broke (reset, bad frame): the call is over for the client too.
+                    let _ = results.send(Err(status)).await;
+                    return;
+                }
+            },
+        };
+        if results.send(Ok(result)).await.is_err() {
+            return;
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl MerchantLookup for LookupService {
+    type StreamLookupStream = ReceiverStream<Result<BatchLookupResult, Status>>;
+
+    async fn stream_lookup(
+        &self,
+        request: Request<Streaming<LookupRequest>>,
+    ) -> Result<Response<Self::StreamLookupStream>, Status> {
+        let (results, receiver) = mpsc::channel(STREAM_RESULTS_BUFFERED);
+        tokio::spawn(serve_stream(
+            self.resolver.clone(),
+            self.config.clone(),
+            request.into_inner(),
+            results,
+            self.readiness.drain_started(),
+        ));
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
     async fn lookup(&self, request: Request<LookupRequest>) -> Result<Response<LookupResponse>, Status> {
         let answer = self.resolver.lookup(&request.get_ref().merchant_id).await?;
         Ok(Response::new(answer.into()))
@@ -84,8 +161,9 @@ impl MerchantLookup for LookupService {
         }
         let mut answers = Vec::with_capacity(ids.len());
         let mut misses = Vec::new();
+        let memory = self.resolver.memory();
         for (position, id) in ids.iter().enumerate() {
-            match self.resolver.answer_from_memory(id) {
+            match memory.answer(id) {
                 Ok(InMemory::Answered(answer)) => answers.push(Some(Ok(answer))),
                 Ok(InMemory::Missed(normalised)) => {
                     misses.push((position, normalised.into_owned()));
@@ -94,6 +172,7 @@ impl MerchantLookup for LookupService {
                 Err(error) => answers.push(Some(Err(error))),
             }
         }
+        drop(memory);
         let fetched = futures::future::join_all(misses.iter().map(|(_, id)| self.resolver.answer_from_core(id))).await;
         for ((position, _), answer) in misses.into_iter().zip(fetched) {
             answers[position] = Some(answer);

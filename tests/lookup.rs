@@ -270,3 +270,75 @@ async fn the_request_field_is_a_plain_string() {
     let request = LookupRequest { merchant_id: KNOWN.into() };
     assert_eq!(prost::Message::encode_to_vec(&request), [&[0x0a, 15][..], KNOWN.as_bytes()].concat());
 }
+
+/// Sends `ids` on one `StreamLookup` call, keeping the request side open until `close` resolves.
+async fn open_stream(
+    edge: &merchant_edge::server::RunningEdge,
+    ids: Vec<&str>,
+) -> (
+    tokio::sync::mpsc::Sender<LookupRequest>,
+    tonic::Streaming<merchant_edge::pb::BatchLookupResult>,
+) {
+    let (requests, receiver) = tokio::sync::mpsc::channel(16);
+    for id in ids {
+        requests.send(LookupRequest { merchant_id: id.into() }).await.unwrap();
+    }
+    let outbound = tokio_stream::wrappers::ReceiverStream::new(receiver);
+    let results = client(edge).await.stream_lookup(outbound).await.unwrap().into_inner();
+    (requests, results)
+}
+
+#[tokio::test]
+async fn a_lookup_stream_answers_each_id_once_and_ends_after_the_client_half_closes() {
+    let core = Core::start(1000).await;
+    let edge = start_following_edge(edge_config(&core.url())).await;
+    lookup(&mut client(&edge).await, KNOWN).await.unwrap();
+    let (requests, mut results) = open_stream(&edge, vec![KNOWN, "12345", UNKNOWN, " 898000000000043 "]).await;
+    drop(requests);
+    let mut answered = Vec::new();
+    while let Some(result) = results.message().await.unwrap() {
+        answered.push(result);
+    }
+    assert_eq!(answered.len(), 4, "{answered:?}");
+    let by_id = |id: &str| answered.iter().find(|result| result.requested_merchant_id == id).unwrap();
+    assert_eq!(by_id(KNOWN).merchant.as_ref().unwrap(), &synthetic_merchant(42));
+    assert_eq!(Source::try_from(by_id(KNOWN).provenance.unwrap().source).unwrap(), Source::Cache);
+    assert_eq!(by_id("12345").error.as_ref().unwrap().code, Code::InvalidArgument as i32);
+    assert!(!by_id(UNKNOWN).found && by_id(UNKNOWN).error.is_none(), "the core's authoritative not-found");
+    assert_eq!(by_id(" 898000000000043 ").merchant.as_ref().unwrap(), &synthetic_merchant(43));
+    assert_eq!(core.stats().await.get_merchant_calls, 3, "the hit did not reach the core");
+}
+
+#[tokio::test]
+async fn a_lookup_waiting_for_the_core_does_not_hold_up_the_stream() {
+    let core = Core::start(1000).await;
+    let edge = start_following_edge(edge_config(&core.url())).await;
+    lookup(&mut client(&edge).await, KNOWN).await.unwrap();
+    core.set_faults(SetFaultsRequest { hang: true, ..Default::default() }).await;
+    let (requests, mut results) = open_stream(&edge, vec!["898000000000043", KNOWN]).await;
+    let first = results.message().await.unwrap().unwrap();
+    assert_eq!(first.requested_merchant_id, KNOWN, "answered from memory while the core holds the other");
+    requests.send(LookupRequest { merchant_id: KNOWN.into() }).await.unwrap();
+    assert_eq!(results.message().await.unwrap().unwrap().requested_merchant_id, KNOWN);
+    core.set_faults(SetFaultsRequest::default()).await;
+    let late = results.message().await.unwrap().unwrap();
+    assert_eq!(late.merchant.unwrap(), synthetic_merchant(43));
+    drop(requests);
+    assert!(results.message().await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_drain_ends_open_lookup_streams_cleanly() {
+    let core = Core::start(1000).await;
+    let mut config = edge_config(&core.url());
+    config.server.shutdown_grace = Duration::from_secs(30);
+    let edge = start_following_edge(config).await;
+    let (requests, mut results) = open_stream(&edge, vec![KNOWN]).await;
+    assert!(results.message().await.unwrap().unwrap().found);
+    let started = tokio::time::Instant::now();
+    let drain = tokio::spawn(edge.shutdown());
+    assert!(results.message().await.unwrap().is_none(), "the stream ends (OK) when the drain starts");
+    assert_eq!(drain.await.unwrap().unwrap(), merchant_edge::server::Drain::Clean);
+    assert!(started.elapsed() < Duration::from_secs(10), "without waiting for the grace period");
+    drop(requests);
+}
