@@ -319,7 +319,7 @@ impl Config {
             invalid(vec![Problem {
                 line: e.span().map(|span| line_of_offset(text, span.start)),
                 key: e.span().and_then(|span| key_at_offset(text, span.start)),
-                message: e.message().trim_end().to_owned(),
+                message: syntax_message(&e, text),
             }])
         })?;
         let problems: Vec<Problem> = config
@@ -464,6 +464,20 @@ fn flatten_into(keys: &mut std::collections::BTreeMap<String, String>, prefix: &
 /// 12-digit index of the synthetic ID scheme.
 pub const MAX_EMBEDDED: u64 = 999_999_999_999;
 
+/// toml's message for a syntax error, or, where toml gives none (a key with no value at the very end,
+/// as in a file cut short; a bare carriage return; a control character in a comment), what is at the
+/// error, so the operator is never shown a location with nothing after it.
+fn syntax_message(error: &toml::de::Error, text: &str) -> String {
+    let message = error.message().trim_end();
+    if !message.is_empty() {
+        return message.to_owned();
+    }
+    match error.span().and_then(|span| text.get(span.start..)?.chars().next()) {
+        Some(found) => format!("invalid TOML syntax at {found:?}"),
+        None => "invalid TOML syntax: the text ends where more was expected".to_owned(),
+    }
+}
+
 fn line_of_offset(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
@@ -570,6 +584,16 @@ mod tests {
     }
 
     #[test]
+    fn syntax_errors_toml_leaves_unexplained_still_say_what_is_wrong() {
+        let err = Config::parse("[server]\nlisten =", "edge.toml").unwrap_err().to_string();
+        assert!(err.ends_with("edge.toml:2: invalid TOML syntax: the text ends where more was expected"), "{err}");
+        let err = Config::parse("\r[server]\n", "edge.toml").unwrap_err().to_string();
+        assert!(err.ends_with("edge.toml:1: invalid TOML syntax at '\\r'"), "{err}");
+        let err = Config::parse("#\0\n", "edge.toml").unwrap_err().to_string();
+        assert!(err.ends_with("edge.toml:1: invalid TOML syntax at '\\0'"), "{err}");
+    }
+
+    #[test]
     fn restart_only_keys_keep_their_running_values() {
         let running = Config::default();
         let text = "[server]\nlisten = \"127.0.0.1:7000\"\nmax_batch_size = 5\n[cache]\nnegative_ttl = \"5s\"\n";
@@ -587,5 +611,368 @@ mod tests {
     fn effective_config_round_trips() {
         let config = Config::parse("[upstream]\nendpoint = \"http://127.0.0.1:50052\"\n", "t").unwrap();
         assert_eq!(Config::parse(&config.to_toml(), "t").unwrap(), config);
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        const EXAMPLE: &str = include_str!("../config/example.toml");
+
+        /// What a key holds, so generated documents mostly have plausible values and some get through
+        /// validation (only those exercise the round trip).
+        #[derive(Debug, Clone, Copy)]
+        enum Kind {
+            Address,
+            Duration,
+            Count,
+            Bool,
+            Endpoint,
+            Level,
+            Format,
+            Charset,
+            Path,
+        }
+
+        const SECTIONS: &[(&str, &[(&str, Kind)])] = &[
+            (
+                "server",
+                &[
+                    ("listen", Kind::Address),
+                    ("max_request_bytes", Kind::Count),
+                    ("max_batch_size", Kind::Count),
+                    ("shutdown_grace", Kind::Duration),
+                ],
+            ),
+            ("server.tls", &[("cert", Kind::Path), ("key", Kind::Path), ("client_ca", Kind::Path)]),
+            ("admin", &[("listen", Kind::Address), ("allow_remote_changes", Kind::Bool)]),
+            (
+                "upstream",
+                &[
+                    ("endpoint", Kind::Endpoint),
+                    ("timeout", Kind::Duration),
+                    ("connect_timeout", Kind::Duration),
+                    ("embedded_merchants", Kind::Count),
+                ],
+            ),
+            (
+                "cache",
+                &[
+                    ("positive_capacity", Kind::Count),
+                    ("positive_ttl", Kind::Duration),
+                    ("negative_capacity", Kind::Count),
+                    ("negative_ttl", Kind::Duration),
+                ],
+            ),
+            ("merchant_id", &[("min_length", Kind::Count), ("max_length", Kind::Count), ("charset", Kind::Charset)]),
+            (
+                "feed",
+                &[
+                    ("warm_start", Kind::Bool),
+                    ("negative_ttl_when_down", Kind::Duration),
+                    ("reconnect_initial_backoff", Kind::Duration),
+                    ("reconnect_max_backoff", Kind::Duration),
+                    ("stall_timeout", Kind::Duration),
+                    ("snapshot_page_size", Kind::Count),
+                ],
+            ),
+            ("reload", &[("watch_file", Kind::Bool), ("debounce", Kind::Duration)]),
+            ("log", &[("level", Kind::Level), ("format", Kind::Format)]),
+        ];
+
+        /// A TOML value as written in a file, via `toml::Value` so strings are escaped correctly.
+        fn toml_text(value: toml::Value) -> String {
+            value.to_string()
+        }
+
+        fn strings(pool: &'static [&'static str]) -> BoxedStrategy<String> {
+            prop::sample::select(pool).prop_map(|s| toml_text(toml::Value::String(s.to_owned()))).boxed()
+        }
+
+        /// Any scalar, array or inline table, valid for no key in particular.
+        fn any_value() -> BoxedStrategy<String> {
+            let scalar = prop_oneof![
+                any::<i64>().prop_map(toml::Value::Integer),
+                prop_oneof![Just(0i64), Just(1), Just(-1), Just(i64::MAX), Just(i64::MIN), Just(1 << 32)]
+                    .prop_map(toml::Value::Integer),
+                any::<f64>().prop_map(toml::Value::Float),
+                any::<bool>().prop_map(toml::Value::Boolean),
+                prop::collection::vec(any::<char>(), 0..24).prop_map(|c| toml::Value::String(c.into_iter().collect())),
+                Just(toml::Value::Datetime("1979-05-27T07:32:00Z".parse().expect("a TOML datetime"))),
+            ];
+            scalar
+                .prop_recursive(2, 8, 4, |inner| {
+                    prop_oneof![
+                        prop::collection::vec(inner.clone(), 0..4).prop_map(toml::Value::Array),
+                        prop::collection::btree_map("[a-z_]{1,8}", inner, 0..4)
+                            .prop_map(|map| toml::Value::Table(map.into_iter().collect())),
+                    ]
+                })
+                .prop_map(toml_text)
+                .boxed()
+        }
+
+        /// Values for a kind of key: mostly valid, with the boundaries and near misses of each kind.
+        fn value_of(kind: Kind) -> BoxedStrategy<String> {
+            let plausible = match kind {
+                Kind::Address => strings(&[
+                    "127.0.0.1:0",
+                    "127.0.0.1:7000",
+                    "0.0.0.0:50051",
+                    "[::1]:9090",
+                    "[fe80::1%2]:80",
+                    "[::]:65535",
+                    "127.0.0.1",
+                    "localhost:80",
+                    "1.2.3.4:65536",
+                ]),
+                Kind::Duration => prop_oneof![
+                    strings(&[
+                        "0s",
+                        "1ns",
+                        "1ms",
+                        "50ms",
+                        "99ms",
+                        "100ms",
+                        "500ms",
+                        "10s",
+                        "1m",
+                        "59m 59s 999ms",
+                        "1h",
+                        "1h 1ns",
+                        "365d",
+                        "366d",
+                        "1year",
+                        "1month 1w 1d",
+                        "30",
+                        "20000years",
+                        "1.5s",
+                        "-1s",
+                        "",
+                        "99999999999999999999s",
+                    ]),
+                    (0..4_000_000_000u64, prop::sample::select(&["ns", "us", "ms", "s", "m", "h", "d"][..]))
+                        .prop_map(|(n, unit)| toml_text(toml::Value::String(format!("{n}{unit}")))),
+                ]
+                .boxed(),
+                Kind::Count => prop_oneof![
+                    prop::sample::select(
+                        &[0i64, 1, 14, 15, 64, 65, 1000, 65_536, 999_999_999_999, 1_000_000_000_000, 1 << 32, -1][..]
+                    ),
+                    1..100i64,
+                ]
+                .prop_map(|n| toml_text(toml::Value::Integer(n)))
+                .boxed(),
+                Kind::Bool => any::<bool>().prop_map(|b| toml_text(toml::Value::Boolean(b))).boxed(),
+                Kind::Endpoint => strings(&[
+                    "embedded",
+                    "Embedded",
+                    "http://10.0.0.5:50052",
+                    "https://core.bank:443",
+                    "http://[::1]:1/path?q=1",
+                    "tcp://core:1",
+                    "http://",
+                    "core:50052",
+                    "http://a b:1",
+                ]),
+                Kind::Level => strings(&[
+                    "info",
+                    "TRACE",
+                    "off",
+                    "merchant_edge=debug,tower=warn",
+                    "warn,[lookup{merchant_id=1}]=trace",
+                    "[{id=\"a.*\"}]",
+                    "[{id=\"(\"}]=info",
+                    "target[",
+                    "=",
+                    ",",
+                    "",
+                    "not a level",
+                ]),
+                Kind::Format => strings(&["text", "json", "JSON", "yaml"]),
+                Kind::Charset => strings(&["digits", "alphanumeric", "hex", ""]),
+                Kind::Path => strings(&["/etc/merchant-edge/tls/server.pem", "relative/key.pem", "", "with\"quote\n"]),
+            };
+            prop_oneof![6 => plausible, 1 => any_value()].boxed()
+        }
+
+        /// A section's settings: each of its keys at most once, in any order, now and then with strays
+        /// (a key repeated with any value, or one the section does not know, possibly quoted).
+        fn section_body(keys: &'static [(&'static str, Kind)]) -> BoxedStrategy<Vec<String>> {
+            let setting = |(key, kind): (&'static str, Kind)| value_of(kind).prop_map(move |v| format!("{key} = {v}"));
+            let known = prop::sample::subsequence(keys, 0..=keys.len())
+                .prop_flat_map(move |chosen| chosen.into_iter().map(setting).collect::<Vec<_>>());
+            let stray_key = prop_oneof![
+                prop::sample::select(keys).prop_map(|(key, _)| key.to_owned()).boxed(),
+                "[a-z_]{1,12}".boxed(),
+                prop::collection::vec(any::<char>(), 0..12)
+                    .prop_map(|c| toml_text(toml::Value::String(c.into_iter().collect())))
+                    .boxed(),
+            ];
+            let strays = prop_oneof![
+                6 => Just(Vec::new()),
+                1 => prop::collection::vec((stray_key, any_value()).prop_map(|(k, v)| format!("{k} = {v}")), 1..3),
+            ];
+            (known, strays)
+                .prop_flat_map(|(known, strays)| {
+                    Just(known.into_iter().chain(strays).collect::<Vec<_>>()).prop_shuffle()
+                })
+                .boxed()
+        }
+
+        /// A document of sections (known ones, repeated ones, unknown ones, keys before any header) with
+        /// random keys and values.
+        fn random_document() -> impl Strategy<Value = String> {
+            let known = prop::sample::select(SECTIONS)
+                .prop_flat_map(|(name, keys)| (Just(format!("[{name}]")), section_body(keys)));
+            let unknown = ("[a-z_.]{0,10}", prop::sample::select(SECTIONS)).prop_flat_map(|(name, (_, keys))| {
+                (
+                    prop_oneof![Just(format!("[{name}]")), Just(format!("[[{name}]]")), Just(String::new())],
+                    section_body(keys),
+                )
+            });
+            prop::collection::vec(prop_oneof![10 => known, 1 => unknown], 0..5).prop_map(|sections| {
+                let lines = sections.into_iter().flat_map(|(header, entries)| std::iter::once(header).chain(entries));
+                lines.collect::<Vec<_>>().join("\n")
+            })
+        }
+
+        #[derive(Debug, Clone)]
+        enum Mutation {
+            DeleteByte(prop::sample::Index),
+            DuplicateLine {
+                line: prop::sample::Index,
+                to: prop::sample::Index,
+            },
+            ReplaceValue {
+                line: prop::sample::Index,
+                value: String,
+            },
+            /// Turns a commented example (such as `# [server.tls]`) into a setting.
+            Uncomment(prop::sample::Index),
+        }
+
+        fn mutation() -> impl Strategy<Value = Mutation> {
+            prop_oneof![
+                any::<prop::sample::Index>().prop_map(Mutation::DeleteByte),
+                (any::<prop::sample::Index>(), any::<prop::sample::Index>())
+                    .prop_map(|(line, to)| Mutation::DuplicateLine { line, to }),
+                (
+                    any::<prop::sample::Index>(),
+                    prop_oneof![value_of(Kind::Duration), value_of(Kind::Count), any_value()]
+                )
+                    .prop_map(|(line, value)| Mutation::ReplaceValue { line, value }),
+                any::<prop::sample::Index>().prop_map(Mutation::Uncomment),
+            ]
+        }
+
+        fn mutate(text: &str, mutation: &Mutation) -> String {
+            let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+            let pick = |lines: &[String], index: &prop::sample::Index, wanted: &dyn Fn(&str) -> bool| {
+                let matching: Vec<usize> = (0..lines.len()).filter(|&i| wanted(&lines[i])).collect();
+                (!matching.is_empty()).then(|| matching[index.index(matching.len())])
+            };
+            match mutation {
+                Mutation::DeleteByte(index) => {
+                    if text.is_empty() {
+                        return String::new();
+                    }
+                    // A byte, not a character: cutting into the example's full-width `０-９` must be
+                    // handled too (as the replacement character, since the parser takes a `str`).
+                    let mut bytes = text.as_bytes().to_vec();
+                    bytes.remove(index.index(bytes.len()));
+                    return String::from_utf8_lossy(&bytes).into_owned();
+                }
+                Mutation::DuplicateLine { line, to } => {
+                    if let Some(i) = pick(&lines, line, &|_| true) {
+                        let copy = lines[i].clone();
+                        lines.insert(to.index(lines.len() + 1), copy);
+                    }
+                }
+                Mutation::ReplaceValue { line, value } => {
+                    let setting = |l: &str| !l.trim_start().starts_with('#') && l.contains('=');
+                    if let Some(i) = pick(&lines, line, &setting) {
+                        let key = lines[i].split('=').next().unwrap_or_default().to_owned();
+                        lines[i] = format!("{key}= {value}");
+                    }
+                }
+                Mutation::Uncomment(line) => {
+                    let example_setting = |l: &str| {
+                        l.strip_prefix("# ")
+                            .is_some_and(|l| l.starts_with('[') || l.split_whitespace().nth(1) == Some("="))
+                    };
+                    if let Some(i) = pick(&lines, line, &example_setting) {
+                        lines[i] = lines[i]["# ".len()..].to_owned();
+                    }
+                }
+            }
+            lines.join("\n") + "\n"
+        }
+
+        /// The properties every config text must have, whatever it holds.
+        fn parse_is_total(text: &str) -> Result<(), TestCaseError> {
+            match Config::parse(text, "fuzz.toml") {
+                Ok(config) => {
+                    // What `check-config` prints and the info metric hashes must read back as the same
+                    // config, or a reload of the effective config would change the running one.
+                    let effective = config.to_toml();
+                    let again = Config::parse(&effective, "effective");
+                    prop_assert!(
+                        matches!(&again, Ok(same) if *same == config),
+                        "input:\n{text}\neffective:\n{effective}\nreparsed: {again:?}"
+                    );
+                    prop_assert_eq!(again.expect("checked above").to_toml(), effective);
+                }
+                Err(err) => {
+                    let ConfigError::Invalid { origin, problems } = &err else {
+                        return Err(TestCaseError::fail(format!("parse cannot fail to read: {err}")));
+                    };
+                    prop_assert_eq!(origin, "fuzz.toml");
+                    prop_assert!(!problems.is_empty());
+                    let lines = text.matches('\n').count() + 1;
+                    for problem in problems {
+                        prop_assert!(!problem.message.trim().is_empty(), "{problem:?}");
+                        prop_assert!(problem.line.is_none_or(|line| (1..=lines).contains(&line)), "{problem:?}");
+                    }
+                    let display = err.to_string();
+                    prop_assert!(display.starts_with("invalid config:\n  fuzz.toml"), "{display}");
+                }
+            }
+            Ok(())
+        }
+
+        #[test]
+        fn the_unmutated_example_round_trips() {
+            assert!(Config::parse(EXAMPLE, "example.toml").is_ok());
+            parse_is_total(EXAMPLE).unwrap();
+        }
+
+        proptest! {
+            // Default case count (256, or PROPTEST_CASES) so a long local run needs no code change.
+
+            #[test]
+            fn parse_never_panics_on_any_text(text in prop_oneof![
+                prop::collection::vec(any::<char>(), 0..300).prop_map(String::from_iter),
+                // Mostly TOML punctuation, so the parser gets past the first character.
+                prop::collection::vec(prop::sample::select(&[
+                    '[', ']', '=', '"', '\'', '.', ',', '{', '}', '#', '\n', ' ', '\\', 'a', 'k', '1', '0', 'e',
+                    '-', '+', ':', 'T', 'Z', '_', '\u{FF10}', '\u{3000}', '\r', '\t', '\u{0}',
+                ][..]), 0..200).prop_map(String::from_iter),
+            ]) {
+                parse_is_total(&text)?;
+            }
+
+            #[test]
+            fn parse_never_panics_on_random_documents(text in random_document()) {
+                parse_is_total(&text)?;
+            }
+
+            #[test]
+            fn parse_never_panics_on_a_mutated_example(mutations in prop::collection::vec(mutation(), 1..=4)) {
+                let text = mutations.iter().fold(EXAMPLE.to_owned(), |text, m| mutate(&text, m));
+                parse_is_total(&text)?;
+            }
+        }
     }
 }
