@@ -275,10 +275,7 @@ async fn the_request_field_is_a_plain_string() {
 async fn open_stream(
     edge: &merchant_edge::server::RunningEdge,
     ids: Vec<&str>,
-) -> (
-    tokio::sync::mpsc::Sender<LookupRequest>,
-    tonic::Streaming<merchant_edge::pb::BatchLookupResult>,
-) {
+) -> (tokio::sync::mpsc::Sender<LookupRequest>, tonic::Streaming<merchant_edge::pb::BatchLookupResult>) {
     let (requests, receiver) = tokio::sync::mpsc::channel(16);
     for id in ids {
         requests.send(LookupRequest { merchant_id: id.into() }).await.unwrap();

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use self::ledger::Ledger;
 use self::service::{AdminService, CoreService, SimState};
@@ -47,7 +47,10 @@ impl Simulator {
             .add_service(CoreAdminServer::new(AdminService(self.state.clone())))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            // Without TCP_NODELAY (which the builder's own setting does not apply to a listener passed
+            // in), the last segment of every large response waited for the client's delayed ACK:
+            // 40 ms per snapshot page, a standalone 1,000,000-merchant warm start 5.5 s instead of 1.3 s.
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
                 shutdown.await;
                 self.state.close_streams();
             })
