@@ -9,6 +9,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use merchant_edge::config::Config;
 use merchant_edge::feed::FeedStatus;
 use merchant_edge::fill::{Filled, Fills, Role};
+use merchant_edge::guard::Caller;
 use merchant_edge::merchant_id::IdRule;
 use merchant_edge::metrics::Metrics;
 use merchant_edge::pb::{ChangeKind, ChangeNotice};
@@ -50,8 +51,9 @@ fn lookup(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let resolver = resolver(&runtime);
     let (hit, negative) = (synthetic_id(4242), synthetic_id(14_242));
-    c.bench_function("lookup/hit", |b| b.to_async(&runtime).iter(|| resolver.lookup(&hit)));
-    c.bench_function("lookup/negative hit", |b| b.to_async(&runtime).iter(|| resolver.lookup(&negative)));
+    let anyone = Caller::default();
+    c.bench_function("lookup/hit", |b| b.to_async(&runtime).iter(|| resolver.lookup(&hit, &anyone)));
+    c.bench_function("lookup/negative hit", |b| b.to_async(&runtime).iter(|| resolver.lookup(&negative, &anyone)));
 
     let mut sequence = 1_000_000;
     c.bench_function("lookup/apply notice", |b| {
@@ -106,7 +108,7 @@ fn lookup(c: &mut Criterion) {
     c.bench_function("normalise/full-width", |b| b.iter(|| rule.normalise(&full_width).is_ok()));
     c.bench_function("normalise/malformed", |b| b.iter(|| rule.normalise("89800000000O042").is_err()));
 
-    let response: LookupResponse = runtime.block_on(resolver.lookup(&hit)).unwrap().into();
+    let response: LookupResponse = runtime.block_on(resolver.lookup(&hit, &anyone)).unwrap().into();
     let mut buffer = Vec::with_capacity(256);
     c.bench_function("encode/lookup response", |b| {
         b.iter(|| {

@@ -21,6 +21,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub admin: AdminConfig,
     pub upstream: UpstreamConfig,
+    pub protect: ProtectConfig,
     pub cache: CacheConfig,
     pub merchant_id: IdRule,
     pub feed: FeedConfig,
@@ -36,8 +37,10 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Largest request message accepted; larger ones are refused before they are decoded.
     pub max_request_bytes: NonZeroU32,
-    /// Most IDs accepted in one BatchLookup.
+    /// Most IDs accepted in one BatchLookup (and most lookups one StreamLookup may have waiting for the core).
     pub max_batch_size: NonZeroU32,
+    /// Most concurrent calls (HTTP/2 streams) per client connection; clients queue beyond it.
+    pub max_concurrent_streams: NonZeroU32,
     /// On SIGTERM/SIGINT, how long in-flight calls may take to finish before the process exits anyway.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -66,6 +69,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             max_request_bytes: NonZeroU32::new(64 * 1024).expect("non-zero"),
             max_batch_size: NonZeroU32::new(1000).expect("non-zero"),
+            max_concurrent_streams: NonZeroU32::new(256).expect("non-zero"),
             shutdown_grace: Duration::from_secs(10),
             tls: None,
         }
@@ -133,6 +137,53 @@ impl Default for UpstreamConfig {
     }
 }
 
+/// Protecting the bank core from the edge's own traffic: bounds on core calls, retries, the circuit
+/// breaker and per-client limits. Everything here applies live.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProtectConfig {
+    /// Most core calls at once.
+    pub max_in_flight: NonZeroU32,
+    /// Most core-bound lookups waiting for a call; beyond this they are shed at once with
+    /// RESOURCE_EXHAUSTED (and a `grpc-retry-pushback-ms` hint). 0: no queue.
+    pub max_queued: u32,
+    /// Attempts per core call (1: no retries). Retries happen only while the caller's deadline allows.
+    pub max_attempts: NonZeroU32,
+    /// Longest pause before the first retry (a random share of it); doubles for each further retry.
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    /// Consecutive failed core calls that open the circuit breaker.
+    pub breaker_failures: NonZeroU32,
+    /// How long an open breaker refuses core calls before letting one probe through.
+    #[serde(with = "humantime_serde")]
+    pub breaker_open_for: Duration,
+    /// Core-bound lookups per second allowed to each client; absent: no per-client limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_client_rate: Option<NonZeroU32>,
+    /// How many a client may save up beyond the rate (default: one second's worth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_client_burst: Option<NonZeroU32>,
+    /// Request metadata naming the client (e.g. "x-gateway-id"); absent: the peer's IP address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
+}
+
+impl Default for ProtectConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: NonZeroU32::new(64).expect("non-zero"),
+            max_queued: 256,
+            max_attempts: NonZeroU32::new(3).expect("non-zero"),
+            retry_backoff: Duration::from_millis(25),
+            breaker_failures: NonZeroU32::new(5).expect("non-zero"),
+            breaker_open_for: Duration::from_secs(5),
+            per_client_rate: None,
+            per_client_burst: None,
+            client_key: None,
+        }
+    }
+}
+
 /// Where the bank core is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpstreamEndpoint {
@@ -194,6 +245,10 @@ pub struct CacheConfig {
     /// How long a "not found" answer is served from memory.
     #[serde(with = "humantime_serde")]
     pub negative_ttl: Duration,
+    /// How long past its TTL a merchant is still answered (source STALE, with its age) when the core
+    /// cannot be asked (as RFC 8767 does for DNS). "0s" turns serve-stale off. Never applies to "not found".
+    #[serde(with = "humantime_serde")]
+    pub serve_stale_for: Duration,
 }
 
 impl Default for CacheConfig {
@@ -203,6 +258,7 @@ impl Default for CacheConfig {
             positive_ttl: Duration::from_secs(600),
             negative_capacity: NonZeroU64::new(100_000).expect("non-zero"),
             negative_ttl: Duration::from_secs(30),
+            serve_stale_for: Duration::from_secs(3600),
         }
     }
 }
@@ -348,6 +404,9 @@ impl Config {
         for (key, value, (min, max, range)) in [
             ("server.shutdown_grace", self.server.shutdown_grace, up_to_an_hour),
             ("upstream.timeout", self.upstream.timeout, up_to_an_hour),
+            ("protect.retry_backoff", self.protect.retry_backoff, up_to_an_hour),
+            ("protect.breaker_open_for", self.protect.breaker_open_for, up_to_an_hour),
+            ("cache.serve_stale_for", self.cache.serve_stale_for, (Duration::ZERO, year, "0s and 365d")),
             ("upstream.connect_timeout", self.upstream.connect_timeout, up_to_an_hour),
             ("cache.positive_ttl", self.cache.positive_ttl, up_to_a_year),
             ("cache.negative_ttl", self.cache.negative_ttl, up_to_a_year),
@@ -376,6 +435,16 @@ impl Config {
         if self.upstream.endpoint == UpstreamEndpoint::Embedded && self.upstream.embedded_merchants > MAX_EMBEDDED {
             problems.push(("upstream.embedded_merchants", format!("must be at most {MAX_EMBEDDED}")));
         }
+        if let Some(key) = &self.protect.client_key {
+            if tonic::metadata::MetadataKey::<tonic::metadata::Ascii>::from_bytes(key.as_bytes()).is_err()
+                || key.ends_with("-bin")
+            {
+                problems.push((
+                    "protect.client_key",
+                    format!("`{key}` is not an ASCII gRPC metadata key (lowercase letters, digits, - _ .)"),
+                ));
+            }
+        }
         if let Err(message) = self.merchant_id.validate() {
             problems.push(("merchant_id", message));
         }
@@ -390,6 +459,7 @@ impl Config {
         vec![
             ("server.listen", self.server.listen.to_string()),
             ("server.max_request_bytes", self.server.max_request_bytes.to_string()),
+            ("server.max_concurrent_streams", self.server.max_concurrent_streams.to_string()),
             ("server.tls", if self.server.tls.is_some() { "on".into() } else { "off".into() }),
             ("admin.listen", self.admin.listen.to_string()),
             ("upstream.endpoint", self.upstream.endpoint.to_string()),
@@ -405,6 +475,7 @@ impl Config {
     pub fn with_restart_only_from(mut self, running: &Config) -> Self {
         self.server.listen = running.server.listen;
         self.server.max_request_bytes = running.server.max_request_bytes;
+        self.server.max_concurrent_streams = running.server.max_concurrent_streams;
         if self.server.tls.is_some() != running.server.tls.is_some() {
             self.server.tls = running.server.tls.clone();
         }

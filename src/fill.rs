@@ -9,6 +9,7 @@
 //! applied when it began (a core replica lagging behind its own change feed), and one that began before
 //! the latest resync (its answer may predate changes the resync skipped over, or come from a core
 //! history that no longer exists).
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
@@ -35,6 +36,18 @@ pub struct Fill {
     pub started_after_sequence: u64,
     /// The resync epoch the fill began in.
     epoch: u64,
+    /// Lookups waiting for the outcome now; when none are left, no further core call is worth making.
+    waiting: AtomicUsize,
+}
+
+/// Counts one lookup as waiting for a fill until dropped (including when the lookup is cancelled
+/// because its caller went away).
+pub struct Waiting(Arc<Fill>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Fill {
@@ -44,6 +57,17 @@ impl Fill {
         // The sender lives in `self`, so the channel cannot close while we wait.
         let outcome = receiver.wait_for(Option::is_some).await.expect("fill sender outlives its waiters").clone();
         outcome.expect("waited for Some")
+    }
+
+    /// Registers a waiting lookup (before the core call can start, so the call never sees nobody).
+    pub fn wait_here(self: &Arc<Self>) -> Waiting {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(self.clone())
+    }
+
+    /// Whether any lookup still waits for this fill's outcome.
+    pub fn is_wanted(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0
     }
 
     fn is_published(&self) -> bool {
@@ -83,6 +107,7 @@ impl Fills {
                 outcome: watch::Sender::new(None),
                 started_after_sequence: applied_sequence,
                 epoch: *self.epoch.read(),
+                waiting: AtomicUsize::new(0),
             })
         };
         match self.in_flight.entry(Arc::from(id)) {

@@ -27,6 +27,7 @@ pub mod commands;
 pub mod config;
 pub mod feed;
 pub mod fill;
+pub mod guard;
 pub mod merchant_id;
 pub mod metrics;
 pub mod pb;

@@ -42,6 +42,8 @@ label_values! {
         Cache => "cache",
         NegativeCache => "negative_cache",
         Upstream => "upstream",
+        /// A merchant past its TTL, because the core could not answer (serve-stale).
+        Stale => "stale",
         /// No store answered: the lookup failed.
         None => "none",
     }
@@ -97,6 +99,21 @@ label_values! {
         /// Overwritten by a newer answer for the same ID.
         Replaced => "replaced",
     }
+}
+
+label_values! {
+    /// Why a lookup that needed the core did not get a core call.
+    RefusalReason {
+        QueueFull => "queue_full",
+        BreakerOpen => "breaker_open",
+        ClientLimit => "client_limit",
+        Deadline => "deadline",
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RefusalLabels {
+    reason: RefusalReason,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -324,6 +341,10 @@ pub struct Metrics {
     pub coalesced_waits: Counter,
     pub fills_fenced: Counter,
     cache_entries: Family<StoreLabels, Gauge>,
+    core_refusals: Family<RefusalLabels, Counter>,
+    pub core_retries: Counter,
+    /// 0 closed, 1 open, 2 half-open.
+    pub breaker_state: Gauge,
 }
 
 impl Default for Metrics {
@@ -355,6 +376,30 @@ impl Default for Metrics {
         );
         let cache_entries = Family::<StoreLabels, Gauge>::default();
         registry.register("cache_entries", "Entries held per store", cache_entries.clone());
+        let core_refusals = Family::<RefusalLabels, Counter>::default();
+        for reason in
+            [RefusalReason::QueueFull, RefusalReason::BreakerOpen, RefusalReason::ClientLimit, RefusalReason::Deadline]
+        {
+            drop(core_refusals.get_or_create(&RefusalLabels { reason }));
+        }
+        registry.register(
+            "core_refusals",
+            "Core-bound lookups refused without a core call, by reason (shed, breaker open, per-client limit, deadline)",
+            core_refusals.clone(),
+        );
+        let core_retries = Counter::default();
+        registry.register(
+            "core_retries",
+            "Core calls retried after a failure, within the caller's deadline",
+            core_retries.clone(),
+        );
+        let breaker_state = Gauge::default();
+        registry.register(
+            "breaker_state",
+            "The core circuit breaker: 0 closed, 1 open, 2 half-open",
+            breaker_state.clone(),
+        );
+
         let feed = FeedMetrics::register(&mut registry);
         let config = ConfigMetrics::register(&mut registry);
         let evictions = Family::<EvictionLabels, Counter>::default();
@@ -369,7 +414,8 @@ impl Default for Metrics {
         // Store hits and misses follow from how lookups ended, so they are summed when scraped and the
         // lookup path counts each lookup once.
         let outcomes = LookupCounters::resolve(&lookups);
-        let fell_through = [&outcomes.upstream_found, &outcomes.upstream_not_found, &outcomes.unavailable];
+        let fell_through =
+            [&outcomes.upstream_found, &outcomes.upstream_not_found, &outcomes.unavailable, &outcomes.stale];
         let hits = StoreTally(vec![
             (StoreLabel::Positive, vec![outcomes.cache_hit.clone()]),
             (StoreLabel::Negative, vec![outcomes.negative_hit.clone()]),
@@ -394,6 +440,9 @@ impl Default for Metrics {
             coalesced_waits,
             fills_fenced,
             cache_entries,
+            core_refusals,
+            core_retries,
+            breaker_state,
         }
     }
 }
@@ -402,6 +451,14 @@ impl Metrics {
     pub fn record_core_call(&self, result: CoreCallResult, elapsed: Duration) {
         self.core_calls.get_or_create(&CoreCallLabels { result }).inc();
         self.core_call_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn count_refusal(&self, reason: RefusalReason) {
+        self.core_refusals.get_or_create(&RefusalLabels { reason }).inc();
+    }
+
+    pub fn refusals(&self, reason: RefusalReason) -> u64 {
+        self.core_refusals.get_or_create(&RefusalLabels { reason }).get()
     }
 
     pub fn count_evictions(&self, store: StoreLabel, cause: EvictionCause, count: u64) {
@@ -453,6 +510,7 @@ pub struct LookupCounters {
     pub upstream_not_found: Counter,
     pub invalid_id: Counter,
     pub unavailable: Counter,
+    pub stale: Counter,
 }
 
 impl LookupCounters {
@@ -471,6 +529,7 @@ impl LookupCounters {
             upstream_not_found: counter(S::Upstream, NotFound),
             invalid_id: counter(S::None, InvalidId),
             unavailable: counter(S::None, Unavailable),
+            stale: counter(S::Stale, Found),
         }
     }
 }

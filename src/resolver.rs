@@ -12,8 +12,9 @@ use tokio::time::Instant;
 use crate::config::{CacheConfig, Config, LiveConfig};
 use crate::feed::FeedStatus;
 use crate::fill::{Fill, Filled, Fills, Role};
+use crate::guard::{Caller, CoreGuard};
 use crate::merchant_id::IdError;
-use crate::metrics::{CoreCallResult, LookupCounters, Metrics};
+use crate::metrics::{LookupCounters, Metrics};
 use crate::pb::{ChangeKind, ChangeNotice, Merchant, Source};
 use crate::store::{Capacities, NegativeEntry, PositiveEntry, Stored, Stores};
 use crate::upstream::{CoreClient, UpstreamError};
@@ -57,6 +58,7 @@ pub struct Resolver {
     store_writes: RwLock<()>,
     fills: Fills,
     core: CoreClient,
+    guard: CoreGuard,
     feed: Arc<FeedStatus>,
     metrics: Arc<Metrics>,
     counters: LookupCounters,
@@ -151,10 +153,16 @@ impl Resolver {
             store_writes: RwLock::new(()),
             fills: Fills::default(),
             core,
+            guard: CoreGuard::default(),
             feed,
             counters: LookupCounters::new(&metrics),
             metrics,
         }
+    }
+
+    /// Core protection: the breaker's state and the calls in flight and queued.
+    pub fn guard(&self) -> &CoreGuard {
+        &self.guard
     }
 
     /// The stores as they are now (a later capacity change replaces them).
@@ -163,28 +171,56 @@ impl Resolver {
     }
 
     /// Resolves one ID as a terminal sent it.
-    pub async fn lookup(self: &Arc<Self>, raw_id: &str) -> Result<Answer, LookupError> {
+    pub async fn lookup(self: &Arc<Self>, raw_id: &str, caller: &Caller) -> Result<Answer, LookupError> {
         match self.answer_from_memory(raw_id)? {
             InMemory::Answered(answer) => Ok(answer),
-            InMemory::Missed(id) => self.answer_from_core(&id).await,
+            InMemory::Missed(id) => self.answer_from_core(&id, caller).await,
         }
     }
 
     /// The answer for an ID that memory could not answer (normalised by [`Self::answer_from_memory`]).
-    pub async fn answer_from_core(self: &Arc<Self>, id: &str) -> Result<Answer, LookupError> {
-        let outcome = self.ask_core(id).await;
-        match &outcome {
-            Ok(answer) if answer.merchant.is_some() => self.counters.upstream_found.inc(),
-            Ok(_) => self.counters.upstream_not_found.inc(),
-            Err(_) => self.counters.unavailable.inc(),
+    /// When the core cannot answer, a merchant past its TTL but within `cache.serve_stale_for` is
+    /// answered instead (source STALE); a cached "not found" never is.
+    pub async fn answer_from_core(self: &Arc<Self>, id: &str, caller: &Caller) -> Result<Answer, LookupError> {
+        let outcome = match self.guard.charge(caller, &self.config.load().protect, &self.metrics) {
+            Ok(()) => self.ask_core(id, caller.deadline).await,
+            Err(refused) => Err(refused),
         };
-        let answer = outcome?;
-        Ok(Answer {
-            merchant: answer.merchant,
-            source: Source::Upstream,
-            age: Duration::ZERO,
-            as_of_sequence: answer.as_of_sequence,
-        })
+        let error = match outcome {
+            Ok(answer) => {
+                match answer.merchant {
+                    Some(_) => self.counters.upstream_found.inc(),
+                    None => self.counters.upstream_not_found.inc(),
+                };
+                return Ok(Answer {
+                    merchant: answer.merchant,
+                    source: Source::Upstream,
+                    age: Duration::ZERO,
+                    as_of_sequence: answer.as_of_sequence,
+                });
+            }
+            Err(error) => error,
+        };
+        let config = self.config.load();
+        let now = Instant::now();
+        let stale =
+            self.stores.load().positive_within(id, now, config.cache.positive_ttl, config.cache.serve_stale_for);
+        match stale {
+            Some(entry) => {
+                self.counters.stale.inc();
+                tracing::debug!(id, %error, "serving a stale merchant");
+                Ok(Answer {
+                    merchant: Some(entry.merchant),
+                    source: Source::Stale,
+                    age: now.saturating_duration_since(entry.learned_at),
+                    as_of_sequence: entry.as_of_sequence,
+                })
+            }
+            None => {
+                self.counters.unavailable.inc();
+                Err(error.into())
+            }
+        }
     }
 
     /// The hit path for one ID: validation and both stores, under the config in force now.
@@ -204,41 +240,55 @@ impl Resolver {
         }
     }
 
-    /// Asks the core for `id`, sharing the call with every concurrent lookup of the same ID.
-    async fn ask_core(self: &Arc<Self>, id: &str) -> Result<Filled, UpstreamError> {
-        let fill = match self.fills.join_or_start(id, self.feed.applied()) {
+    /// Asks the core for `id`, sharing the call with every concurrent lookup of the same ID, and waits
+    /// for the answer until `deadline` at most.
+    async fn ask_core(self: &Arc<Self>, id: &str, deadline: Option<Instant>) -> Result<Filled, UpstreamError> {
+        let (fill, waiting) = match self.fills.join_or_start(id, self.feed.applied()) {
             Role::Follower(fill) => {
                 self.metrics.coalesced_waits.inc();
-                fill
+                let waiting = fill.wait_here();
+                (fill, waiting)
             }
             Role::Leader(fill) => {
-                // The call runs in its own task so that waiters are answered even if the caller that
-                // started it goes away.
+                let waiting = fill.wait_here();
+                // The call runs in its own task so that other waiters are answered even if the caller
+                // that started it goes away; it stops retrying once nobody waits, and never works past
+                // the starting caller's deadline.
                 let resolver = self.clone();
                 let (id, task_fill) = (Arc::<str>::from(id), fill.clone());
-                tokio::spawn(async move { resolver.run_fill(id, task_fill).await });
-                fill
+                tokio::spawn(async move { resolver.run_fill(id, task_fill, deadline).await });
+                (fill, waiting)
             }
         };
-        fill.outcome().await
+        let outcome = match deadline {
+            Some(deadline) => {
+                tokio::time::timeout_at(deadline, fill.outcome()).await.unwrap_or(Err(UpstreamError::DeadlineExceeded))
+            }
+            None => fill.outcome().await,
+        };
+        drop(waiting);
+        outcome
     }
 
-    async fn run_fill(&self, id: Arc<str>, fill: Arc<Fill>) {
-        let started = Instant::now();
-        let timeout = self.config.load().upstream.timeout;
+    async fn run_fill(&self, id: Arc<str>, fill: Arc<Fill>, deadline: Option<Instant>) {
+        let config = self.config.load_full();
+        let (protect, timeout) = (&config.protect, config.upstream.timeout);
+        // Without a caller's deadline, every attempt may take the whole timeout.
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + timeout * protect.max_attempts.get());
+        let call = self.guard.call(
+            protect,
+            timeout,
+            deadline,
+            &self.metrics,
+            || fill.is_wanted(),
+            |timeout| self.core.get_merchant(&id, timeout),
+        );
         // A panic below must still answer the waiters and free the slot, or every later lookup of this
         // ID would wait for this fill forever.
-        let outcome = std::panic::AssertUnwindSafe(self.core.get_merchant(&id, timeout))
+        let outcome = std::panic::AssertUnwindSafe(call)
             .catch_unwind()
             .await
             .unwrap_or_else(|_| Err(UpstreamError::Unavailable("internal error while asking the core".into())));
-        let result = match &outcome {
-            Ok(answer) if answer.merchant.is_some() => CoreCallResult::Found,
-            Ok(_) => CoreCallResult::NotFound,
-            Err(UpstreamError::Timeout(_)) => CoreCallResult::Timeout,
-            Err(UpstreamError::Unavailable(_)) => CoreCallResult::Error,
-        };
-        self.metrics.record_core_call(result, started.elapsed());
         // Encoded once here, shared by every waiter and by the store.
         let outcome = outcome.map(|answer| Filled {
             merchant: answer.merchant.as_ref().map(EncodedMerchant::encode),

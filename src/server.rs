@@ -172,6 +172,7 @@ impl Edge {
             .max_decoding_message_size(config.server.max_request_bytes.get() as usize);
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .max_concurrent_streams(config.server.max_concurrent_streams.get())
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -217,6 +218,7 @@ impl Edge {
             admin_addr,
             core_endpoint,
             metrics,
+            resolver,
             feed,
             readiness,
             reloader,
@@ -239,6 +241,7 @@ pub struct RunningEdge {
     /// The core's URL (for the embedded simulator, where it listens on loopback).
     pub core_endpoint: String,
     pub metrics: Arc<Metrics>,
+    pub resolver: Arc<Resolver>,
     pub feed: Arc<FeedStatus>,
     pub readiness: Readiness,
     pub reloader: Arc<Reloader>,

@@ -1,15 +1,18 @@
 //! The terminal-facing `merchant.v1.MerchantLookup` gRPC service, answering in the server's encoding
 //! of the contract ([`crate::wire`]): cached merchants go out as the bytes encoded when they were learned.
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::LiveConfig;
+use crate::guard::Caller;
 use crate::readiness::Readiness;
 use crate::resolver::{Answer, InMemory, LookupError, Resolver};
 use crate::status::{lookup_code, CallError};
@@ -29,6 +32,44 @@ impl LookupService {
     pub fn new(resolver: Arc<Resolver>, config: LiveConfig, readiness: Readiness) -> Self {
         Self { resolver, config, readiness }
     }
+}
+
+/// The caller as core protection sees it: its client (the configured metadata key's value, else the
+/// peer's IP address) and its deadline (the `grpc-timeout` it sent). Built only for lookups that need
+/// the core, so hits pay nothing for it.
+fn caller<T>(request: &Request<T>, config: &LiveConfig) -> Caller {
+    let client_key = config.load().protect.client_key.clone();
+    let from_metadata = client_key
+        .and_then(|key| request.metadata().get(key.as_str()).and_then(|value| value.to_str().ok()).map(str::to_owned));
+    Caller {
+        client: from_metadata.or_else(|| request.remote_addr().map(|peer| peer.ip().to_string())),
+        deadline: request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|value| value.to_str().ok())
+            .and_then(grpc_timeout)
+            // Our own deadline comes a little earlier, leaving time to send an answer (a stale merchant
+            // or a clear DEADLINE_EXCEEDED) before tonic cuts the call off at the caller's deadline.
+            .map(|timeout| Instant::now() + timeout - (timeout / 10).min(Duration::from_millis(50))),
+    }
+}
+
+/// Parses a `grpc-timeout` header value: up to 8 digits and a unit (H M S m u n).
+fn grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
 }
 
 /// Results a stream may have ready but not yet taken by the client; beyond this the edge stops
@@ -79,6 +120,7 @@ fn batch_result(requested_merchant_id: String, answer: Result<Answer, LookupErro
 async fn serve_stream(
     resolver: Arc<Resolver>,
     config: LiveConfig,
+    caller: Caller,
     mut requests: Streaming<LookupRequest>,
     results: mpsc::Sender<Result<BatchLookupResult, Status>>,
     drain_started: impl std::future::Future<Output = ()>,
@@ -101,8 +143,10 @@ async fn serve_stream(
                 Ok(Some(LookupRequest { merchant_id })) => match resolver.answer_from_memory(&merchant_id) {
                     Ok(InMemory::Answered(answer)) => batch_result(merchant_id, Ok(answer)),
                     Ok(InMemory::Missed(normalised)) => {
-                        let (resolver, normalised) = (resolver.clone(), normalised.into_owned());
-                        from_core.push(async move { (merchant_id, resolver.answer_from_core(&normalised).await) });
+                        let (resolver, normalised, caller) = (resolver.clone(), normalised.into_owned(), &caller);
+                        from_core.push(async move {
+                            (merchant_id, resolver.answer_from_core(&normalised, caller).await)
+                        });
                         continue;
                     }
                     Err(error) => batch_result(merchant_id, Err(error)),
@@ -133,9 +177,12 @@ impl MerchantLookup for LookupService {
         request: Request<Streaming<LookupRequest>>,
     ) -> Result<Response<Self::StreamLookupStream>, Status> {
         let (results, receiver) = mpsc::channel(STREAM_RESULTS_BUFFERED);
+        // A stream's deadline bounds the whole stream, so each lookup gets only the per-call bounds.
+        let caller = Caller { deadline: None, ..caller(&request, &self.config) };
         tokio::spawn(serve_stream(
             self.resolver.clone(),
             self.config.clone(),
+            caller,
             request.into_inner(),
             results,
             self.readiness.drain_started(),
@@ -144,7 +191,10 @@ impl MerchantLookup for LookupService {
     }
 
     async fn lookup(&self, request: Request<LookupRequest>) -> Result<Response<LookupResponse>, Status> {
-        let answer = self.resolver.lookup(&request.get_ref().merchant_id).await?;
+        let answer = match self.resolver.answer_from_memory(&request.get_ref().merchant_id)? {
+            InMemory::Answered(answer) => answer,
+            InMemory::Missed(id) => self.resolver.answer_from_core(&id, &caller(&request, &self.config)).await?,
+        };
         Ok(Response::new(answer.into()))
     }
 
@@ -154,6 +204,7 @@ impl MerchantLookup for LookupService {
         &self,
         request: Request<BatchLookupRequest>,
     ) -> Result<Response<BatchLookupResponse>, Status> {
+        let caller = caller(&request, &self.config);
         let ids = request.into_inner().merchant_ids;
         let max = self.config.load().server.max_batch_size.get() as usize;
         if ids.len() > max {
@@ -173,7 +224,8 @@ impl MerchantLookup for LookupService {
             }
         }
         drop(memory);
-        let fetched = futures::future::join_all(misses.iter().map(|(_, id)| self.resolver.answer_from_core(id))).await;
+        let fetched =
+            futures::future::join_all(misses.iter().map(|(_, id)| self.resolver.answer_from_core(id, &caller))).await;
         for ((position, _), answer) in misses.into_iter().zip(fetched) {
             answers[position] = Some(answer);
         }

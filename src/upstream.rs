@@ -17,6 +17,28 @@ pub enum UpstreamError {
     Timeout(Duration),
     #[error("the bank core is unreachable or failing ({0}); retry later")]
     Unavailable(String),
+    #[error("too many lookups are waiting for the bank core; this one was shed: retry in a moment")]
+    Shed,
+    #[error("the bank core is failing, so calls to it are paused (circuit breaker open); retry in {0:?}")]
+    BreakerOpen(Duration),
+    #[error(
+        "client {client} is over its limit of {rate} lookups per second that need the bank core \
+         (protect.per_client_rate); retry in {retry_in:?}"
+    )]
+    ClientLimit { client: String, rate: u32, retry_in: Duration },
+    #[error("the call's deadline passed before the bank core answered")]
+    DeadlineExceeded,
+}
+
+impl UpstreamError {
+    /// When the caller may usefully try again, for errors that know.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::BreakerOpen(after) | Self::ClientLimit { retry_in: after, .. } => Some(*after),
+            Self::Shed => Some(Duration::from_millis(100)),
+            Self::Timeout(_) | Self::Unavailable(_) | Self::DeadlineExceeded => None,
+        }
+    }
 }
 
 /// What the core said about one merchant.

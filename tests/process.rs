@@ -1,5 +1,6 @@
 //! The real binary under signals: SIGTERM drains (bounded by the grace period even with streams held
-//! open) and SIGHUP reloads, including the log level.
+//! open) and SIGHUP reloads, including the log level; and an edge whose core process is killed and
+//! started again.
 mod common;
 
 use std::net::SocketAddr;
@@ -176,4 +177,56 @@ async fn the_lookup_client_speaks_tls() {
     assert!(!plaintext.status.success(), "a plaintext lookup must fail against a TLS edge");
     served.signal("-TERM");
     assert_eq!(served.exit().await.0.code(), Some(0));
+}
+
+/// Starts `merchant-edge core-sim` on `addr` and waits until it listens.
+async fn start_core_sim(addr: SocketAddr) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_merchant-edge"))
+        .args(["core-sim", "--merchants", "1000", "--listen"])
+        .arg(addr.to_string())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start core-sim");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let banner = tokio::time::timeout(Duration::from_secs(30), stdout.next_line()).await.unwrap().unwrap().unwrap();
+    assert!(banner.contains("core-sim listening"), "{banner}");
+    tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+    child
+}
+
+#[tokio::test]
+async fn killing_the_core_process_never_turns_into_not_found_and_the_edge_recovers_when_it_returns() {
+    let addr = loopback().await.local_addr().unwrap();
+    let mut core = start_core_sim(addr).await;
+    let mut config = edge_config(&format!("http://{addr}"));
+    config.cache.positive_ttl = std::time::Duration::from_secs(10);
+    config.upstream.timeout = Duration::from_millis(500);
+    let edge = start_following_edge(config).await;
+    let mut client = client(&edge).await;
+    let source = |response: &merchant_edge::pb::LookupResponse| response.provenance.unwrap().source;
+    let (stale, cache) = (merchant_edge::pb::Source::Stale as i32, merchant_edge::pb::Source::Cache as i32);
+    assert!(lookup(&mut client, KNOWN).await.unwrap().found);
+
+    core.kill().await.unwrap();
+    assert_eq!(source(&lookup(&mut client, KNOWN).await.unwrap()), cache);
+    let never_seen = "898000000000007";
+    for _ in 0..3 {
+        let status = lookup(&mut client, never_seen).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    }
+    wait_until("the feed sees the core gone", || async { !edge.feed.is_connected() }).await;
+    advance_clock(Duration::from_secs(11)).await;
+    let served = lookup(&mut client, KNOWN).await.unwrap();
+    assert!(served.found && source(&served) == stale, "past its TTL, answered stale: {served:?}");
+
+    let _core = start_core_sim(addr).await;
+    let back = eventually("the edge uses the core again", || {
+        let mut client = client.clone();
+        async move { lookup(&mut client, never_seen).await.ok() }
+    })
+    .await;
+    assert!(back.found);
+    wait_until("the feed follows the new core", || async { edge.feed.is_connected() }).await;
+    assert_ne!(source(&lookup(&mut client, KNOWN).await.unwrap()), stale);
 }

@@ -139,7 +139,12 @@ impl Stores {
 
     /// The stored merchant, if it is still within its TTL at `now`.
     pub fn fresh_positive(&self, id: &str, now: Instant, ttl: Duration) -> Option<PositiveEntry> {
-        self.positive.fresh(id, now, ttl)
+        self.positive.within(id, now, ttl, Duration::ZERO)
+    }
+
+    /// The stored merchant, if no more than `past_ttl` beyond its TTL at `now` (serve-stale).
+    pub fn positive_within(&self, id: &str, now: Instant, ttl: Duration, past_ttl: Duration) -> Option<PositiveEntry> {
+        self.positive.within(id, now, ttl, past_ttl)
     }
 
     /// The stored "not found", if it is still within its TTL at `now`.

@@ -140,14 +140,15 @@ impl PositiveStore {
         nanos(instant.saturating_duration_since(self.epoch))
     }
 
-    /// The stored merchant, if within the shorter of its stamped TTL and `ttl` at `now`.
-    pub fn fresh(&self, id: &str, now: Instant, ttl: Duration) -> Option<PositiveEntry> {
+    /// The stored merchant, if its age at `now` is below the shorter of its stamped TTL and `ttl`, plus
+    /// `past_ttl` (zero for a fresh answer; `cache.serve_stale_for` when the core cannot answer).
+    pub fn within(&self, id: &str, now: Instant, ttl: Duration, past_ttl: Duration) -> Option<PositiveEntry> {
         let (hash, shard) = self.locate(id.as_bytes());
         let shard = shard.read();
         let slot =
             &shard.slots[*shard.index.find(hash, |&at| shard.slots[at as usize].id() == id.as_bytes())? as usize];
         let age = self.since_epoch(now).saturating_sub(slot.learned_ns);
-        if age >= slot.ttl_ns.min(nanos(ttl)) {
+        if age >= slot.ttl_ns.min(nanos(ttl)).saturating_add(nanos(past_ttl)) {
             return None;
         }
         let uses = slot.uses.load(Ordering::Relaxed);
@@ -350,7 +351,7 @@ mod tests {
             assert_eq!(store.as_of_sequence(id), None, "{sequence}");
         }
         for (sequence, id) in ids.iter().enumerate().filter(|(sequence, _)| sequence % 3 != 0) {
-            let found = store.fresh(id, Instant::now(), LONG).unwrap();
+            let found = store.within(id, Instant::now(), LONG, Duration::ZERO).unwrap();
             assert_eq!(found, entry(id, sequence as u64), "swap-removal kept {id} findable");
         }
         store.remove_where(|entry| entry.as_of_sequence < 4000);
@@ -398,7 +399,7 @@ mod tests {
         for id in &hot {
             store.insert(id, &entry(id, 1));
             for _ in 0..MAX_USES {
-                store.fresh(id, Instant::now(), LONG).unwrap();
+                store.within(id, Instant::now(), LONG, Duration::ZERO).unwrap();
             }
         }
         for i in 0..10_000 {
@@ -417,7 +418,7 @@ mod tests {
             let id = format!("m{i}");
             let ttl = if i < 45 { Duration::from_secs(1) } else { LONG };
             store.insert(&id, &PositiveEntry { ttl, ..entry(&id, 1) });
-            store.fresh(&id, Instant::now(), LONG);
+            store.within(&id, Instant::now(), LONG, Duration::ZERO);
         }
         tokio::time::advance(Duration::from_secs(2)).await;
         for i in 0..10 {

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -87,6 +88,10 @@ pub fn edge_config(core_url: &str) -> Config {
     config.feed.warm_start = false;
     config.feed.reconnect_initial_backoff = Duration::from_millis(10);
     config.feed.reconnect_max_backoff = Duration::from_millis(200);
+    // One attempt per lookup and a breaker that does not open, so that tests of other behaviour see
+    // exactly the core calls they make; tests/resilience.rs sets these itself.
+    config.protect.max_attempts = NonZeroU32::new(1).unwrap();
+    config.protect.breaker_failures = NonZeroU32::new(u32::MAX).unwrap();
     config
 }
 
