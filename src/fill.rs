@@ -9,7 +9,6 @@
 //! applied when it began (a core replica lagging behind its own change feed), and one that began before
 //! the latest resync (its answer may predate changes the resync skipped over, or come from a core
 //! history that no longer exists).
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
@@ -36,8 +35,8 @@ pub struct Fill {
     pub started_after_sequence: u64,
     /// The resync epoch the fill began in.
     epoch: u64,
-    /// Lookups waiting for the outcome now; when none are left, no further core call is worth making.
-    waiting: AtomicUsize,
+    /// Lookups waiting for the outcome now; when none are left, the core call is not worth finishing.
+    waiting: watch::Sender<usize>,
 }
 
 /// Counts one lookup as waiting for a fill until dropped (including when the lookup is cancelled
@@ -46,7 +45,7 @@ pub struct Waiting(Arc<Fill>);
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.0.waiting.send_modify(|waiting| *waiting -= 1);
     }
 }
 
@@ -61,13 +60,17 @@ impl Fill {
 
     /// Registers a waiting lookup (before the core call can start, so the call never sees nobody).
     pub fn wait_here(self: &Arc<Self>) -> Waiting {
-        self.waiting.fetch_add(1, Ordering::Relaxed);
+        self.waiting.send_modify(|waiting| *waiting += 1);
         Waiting(self.clone())
     }
 
-    /// Whether any lookup still waits for this fill's outcome.
-    pub fn is_wanted(&self) -> bool {
-        self.waiting.load(Ordering::Relaxed) > 0
+    /// Completes when no lookup waits for this fill's outcome any more.
+    pub fn abandoned(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut waiting = self.waiting.subscribe();
+        async move {
+            // The sender lives as long as the fill, which the caller holds.
+            let _ = waiting.wait_for(|waiting| *waiting == 0).await;
+        }
     }
 
     fn is_published(&self) -> bool {
@@ -107,7 +110,7 @@ impl Fills {
                 outcome: watch::Sender::new(None),
                 started_after_sequence: applied_sequence,
                 epoch: *self.epoch.read(),
-                waiting: AtomicUsize::new(0),
+                waiting: watch::Sender::new(0),
             })
         };
         match self.in_flight.entry(Arc::from(id)) {

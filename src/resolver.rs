@@ -20,6 +20,9 @@ use crate::store::{Capacities, NegativeEntry, PositiveEntry, Stored, Stores};
 use crate::upstream::{CoreClient, UpstreamError};
 use crate::wire::EncodedMerchant;
 
+/// Less time than this left is not worth starting another fill for.
+const MIN_FILL: Duration = Duration::from_millis(5);
+
 /// Whether storing a state as of the same sequence as the stored one replaces it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Equal {
@@ -241,8 +244,19 @@ impl Resolver {
     }
 
     /// Asks the core for `id`, sharing the call with every concurrent lookup of the same ID, and waits
-    /// for the answer until `deadline` at most.
+    /// for the answer until `deadline` at most. A shared call can end early for reasons of the lookup
+    /// that started it (its deadline, or every waiter leaving just as this one joined); then this
+    /// lookup starts its own call once, under its own deadline.
     async fn ask_core(self: &Arc<Self>, id: &str, deadline: Option<Instant>) -> Result<Filled, UpstreamError> {
+        let outcome = self.ask_core_once(id, deadline).await;
+        let own_deadline_left = deadline.is_none_or(|deadline| Instant::now() + MIN_FILL < deadline);
+        if matches!(outcome, Err(UpstreamError::DeadlineExceeded)) && own_deadline_left {
+            return self.ask_core_once(id, deadline).await;
+        }
+        outcome
+    }
+
+    async fn ask_core_once(self: &Arc<Self>, id: &str, deadline: Option<Instant>) -> Result<Filled, UpstreamError> {
         let (fill, waiting) = match self.fills.join_or_start(id, self.feed.applied()) {
             Role::Follower(fill) => {
                 self.metrics.coalesced_waits.inc();
@@ -275,14 +289,9 @@ impl Resolver {
         let (protect, timeout) = (&config.protect, config.upstream.timeout);
         // Without a caller's deadline, every attempt may take the whole timeout.
         let deadline = deadline.unwrap_or_else(|| Instant::now() + timeout * protect.max_attempts.get());
-        let call = self.guard.call(
-            protect,
-            timeout,
-            deadline,
-            &self.metrics,
-            || fill.is_wanted(),
-            |timeout| self.core.get_merchant(&id, timeout),
-        );
+        let call = self.guard.call(protect, timeout, deadline, &self.metrics, fill.abandoned(), |timeout| {
+            self.core.get_merchant(&id, timeout)
+        });
         // A panic below must still answer the waiters and free the slot, or every later lookup of this
         // ID would wait for this fill forever.
         let outcome = std::panic::AssertUnwindSafe(call)

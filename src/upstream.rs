@@ -82,7 +82,12 @@ impl CoreClient {
         let response = tokio::time::timeout(timeout, call)
             .await
             .map_err(|_| UpstreamError::Timeout(timeout))?
-            .map_err(|status| UpstreamError::Unavailable(describe_status(&status)))?
+            .map_err(|status| match status.code() {
+                // The call's own grpc-timeout expiring (tonic's client reports it as CANCELLED) or the
+                // core giving up on it: a timeout, which the deadline logic above treats as such.
+                tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => UpstreamError::Timeout(timeout),
+                _ => UpstreamError::Unavailable(describe_status(&status)),
+            })?
             .into_inner();
         let merchant = match (response.found, response.merchant) {
             (true, Some(merchant)) if merchant.merchant_id == merchant_id => Some(merchant),

@@ -170,10 +170,30 @@ async fn the_callers_deadline_ends_the_core_call_and_no_retry_follows() {
 }
 
 #[tokio::test]
+async fn a_lookup_sharing_a_core_call_is_not_cut_short_by_the_other_callers_deadline() {
+    let core = Core::start(1000).await;
+    let edge = start_following_edge(protected(&core, |_| {})).await;
+    core.set_faults(SetFaultsRequest { hang: true, ..Default::default() }).await;
+    let mut impatient = client(&edge).await;
+    let mut request = tonic::Request::new(LookupRequest { merchant_id: KNOWN.into() });
+    request.metadata_mut().insert("grpc-timeout", "500m".parse().unwrap());
+    let first = tokio::spawn(async move { impatient.lookup(request).await });
+    wait_until("the core holds the first call", || async { core.stats().await.get_merchant_calls == 1 }).await;
+    let mut patient = client(&edge).await;
+    let second = tokio::spawn(async move { lookup(&mut patient, KNOWN).await });
+    assert_eq!(first.await.unwrap().unwrap_err().code(), Code::DeadlineExceeded);
+    wait_until("the patient lookup asks again", || async { core.stats().await.get_merchant_calls == 2 }).await;
+    core.set_faults(SetFaultsRequest::default()).await;
+    assert!(second.await.unwrap().unwrap().found, "answered, not failed with the other caller's deadline");
+}
+
+#[tokio::test]
 async fn one_client_over_its_limit_does_not_take_the_core_budget_from_others() {
     let core = Core::start(1000).await;
     let config = protected(&core, |config| {
-        config.protect.per_client_rate = NonZeroU32::new(5);
+        // One a second, five saved: the test is over long before a token refills.
+        config.protect.per_client_rate = NonZeroU32::new(1);
+        config.protect.per_client_burst = NonZeroU32::new(5);
         config.protect.client_key = Some("x-gateway-id".into());
     });
     let edge = start_following_edge(config).await;

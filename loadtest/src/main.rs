@@ -33,6 +33,21 @@ enum Command {
         #[arg(long, default_value_t = 7)]
         seed: u64,
     },
+    /// Set the simulator's faults (latency, errors, hang) for a test, through its CoreAdmin service.
+    Faults {
+        /// The simulator's gRPC address.
+        #[arg(long)]
+        core: String,
+        /// Delay added to every GetMerchant and ListMerchants answer.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u32,
+        /// Share of GetMerchant calls answered UNAVAILABLE (0.0 to 1.0).
+        #[arg(long, default_value_t = 0.0)]
+        error_rate: f64,
+        /// Hold every GetMerchant and ListMerchants call until faults are set again.
+        #[arg(long)]
+        hang: bool,
+    },
     /// Send lookups to an edge for a bounded time and report like ghz.
     Run {
         /// The edge's gRPC address.
@@ -127,6 +142,17 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("merchant-loadgen run: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Faults { core, latency_ms, error_rate, hang } => {
+            let faults = merchant_edge::pb::SetFaultsRequest { latency_ms, error_rate, hang, ..Default::default() };
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            match runtime.block_on(run::set_faults(&core, faults)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("merchant-loadgen faults: {error}");
                     ExitCode::FAILURE
                 }
             }

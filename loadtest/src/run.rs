@@ -416,6 +416,14 @@ fn ghz_report(options: &Options, tally: &Tally, total: Duration) -> serde_json::
     })
 }
 
+/// Sets the simulator's faults (the `faults` command).
+pub async fn set_faults(core: &str, faults: merchant_edge::pb::SetFaultsRequest) -> Result<(), String> {
+    let url = if core.contains("://") { core.to_owned() } else { format!("http://{core}") };
+    let mut admin = CoreAdminClient::connect(url.clone()).await.map_err(|e| format!("core admin at {url}: {e}"))?;
+    admin.set_faults(faults).await.map_err(|status| format!("SetFaults: {}", status.message()))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use merchant_edge::config::{Config, UpstreamEndpoint};

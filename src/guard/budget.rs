@@ -47,18 +47,18 @@ impl Drop for Permit {
             return;
         }
         let mut state = self.state.lock();
+        state.in_flight -= 1;
+        // Hand places straight to the waiters still there (one that gave up has dropped its receiver,
+        // and the place comes back), as many as the limit allows now: more than this one when the
+        // limit was raised, none while a lowered limit is still exceeded.
         let max = self.max_in_flight.load(Ordering::Relaxed);
-        if state.in_flight <= max {
-            // Hand the place straight to the next waiter still there (a waiter that gave up has
-            // dropped its receiver, and the permit comes back to us).
-            while let Some(waiter) = state.queue.pop_front() {
-                match waiter.send(self.sibling()) {
-                    Ok(()) => return,
-                    Err(mut returned) => returned.armed = false,
-                }
+        while state.in_flight < max {
+            let Some(waiter) = state.queue.pop_front() else { break };
+            match waiter.send(self.sibling()) {
+                Ok(()) => state.in_flight += 1,
+                Err(mut returned) => returned.armed = false,
             }
         }
-        state.in_flight -= 1;
     }
 }
 

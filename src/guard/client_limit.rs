@@ -8,6 +8,11 @@ use tokio::time::Instant;
 
 /// Buckets kept before idle ones are swept (each is a few dozen bytes).
 const MAX_CLIENTS: usize = 100_000;
+/// Client keys are caller-chosen metadata; longer ones are cut so a key cannot cost kilobytes.
+const MAX_KEY_LEN: usize = 128;
+/// Clients beyond MAX_CLIENTS (after a sweep) share this one bucket: a flood of made-up client keys
+/// gets one client's budget, not one each.
+const OVERFLOW: &str = "(too many clients)";
 
 struct Bucket {
     tokens: f64,
@@ -17,16 +22,20 @@ struct Bucket {
 #[derive(Default)]
 pub struct ClientLimits {
     buckets: DashMap<String, Bucket>,
+    /// When idle buckets were last swept, so a full map costs one scan per second, not one per call.
+    last_sweep: parking_lot::Mutex<Option<Instant>>,
 }
 
 impl ClientLimits {
     /// Takes one core-bound lookup from `client`'s bucket (`rate` per second, up to `burst` saved);
     /// when it is empty, how long until the next token.
     pub fn take(&self, client: &str, rate: u32, burst: u32, now: Instant) -> Result<(), Duration> {
+        let mut client = &client[..client.floor_char_boundary(MAX_KEY_LEN)];
         if self.buckets.len() >= MAX_CLIENTS && !self.buckets.contains_key(client) {
-            // A full bucket of an idle client is the same as no bucket.
-            let full_after = Duration::from_secs_f64(f64::from(burst) / f64::from(rate));
-            self.buckets.retain(|_, bucket| now.saturating_duration_since(bucket.refilled_at) < full_after);
+            self.sweep(rate, burst, now);
+            if self.buckets.len() >= MAX_CLIENTS {
+                client = OVERFLOW;
+            }
         }
         let mut bucket = self
             .buckets
@@ -41,6 +50,21 @@ impl ClientLimits {
         } else {
             Err(Duration::from_secs_f64((1.0 - bucket.tokens) / f64::from(rate)))
         }
+    }
+}
+
+impl ClientLimits {
+    /// Drops buckets that have refilled completely (the same as no bucket), at most once a second.
+    fn sweep(&self, rate: u32, burst: u32, now: Instant) {
+        {
+            let mut last = self.last_sweep.lock();
+            if last.is_some_and(|last| now.saturating_duration_since(last) < Duration::from_secs(1)) {
+                return;
+            }
+            *last = Some(now);
+        }
+        let full_after = Duration::from_secs_f64(f64::from(burst) / f64::from(rate));
+        self.buckets.retain(|_, bucket| now.saturating_duration_since(bucket.refilled_at) < full_after);
     }
 }
 

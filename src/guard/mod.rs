@@ -20,6 +20,11 @@ use crate::config::ProtectConfig;
 use crate::metrics::{CoreCallResult, Metrics, RefusalReason};
 use crate::upstream::{CoreAnswer, UpstreamError};
 
+/// Less time than this left before the deadline is not worth a core call.
+const MIN_ATTEMPT: Duration = Duration::from_millis(5);
+/// The shortest retry hint given while the breaker refuses calls (clients must not retry at once).
+const MIN_PUSHBACK: Duration = Duration::from_millis(100);
+
 /// Who is asking, as far as core protection cares.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Caller {
@@ -59,15 +64,35 @@ impl CoreGuard {
     }
 
     /// Runs `attempt` (given each attempt's timeout) within the budget and the breaker, retrying
-    /// failures while `deadline` allows. `still_wanted` is asked before each attempt: when nobody waits
-    /// for the answer any more, no further call is made.
+    /// failures while `deadline` allows. Once `abandoned` completes (nobody waits for the answer any
+    /// more), whatever is under way stops: a queued call leaves the queue, a running attempt is
+    /// cancelled (which cancels the RPC at the core), and no retry follows.
     pub async fn call<Attempt, Fut>(
         &self,
         protect: &ProtectConfig,
         attempt_timeout: Duration,
         deadline: Instant,
         metrics: &Metrics,
-        still_wanted: impl Fn() -> bool,
+        abandoned: impl Future<Output = ()>,
+        attempt: Attempt,
+    ) -> Result<CoreAnswer, UpstreamError>
+    where
+        Attempt: Fn(Duration) -> Fut,
+        Fut: Future<Output = Result<CoreAnswer, UpstreamError>>,
+    {
+        tokio::pin!(abandoned);
+        tokio::select! {
+            outcome = self.call_until_deadline(protect, attempt_timeout, deadline, metrics, attempt) => outcome,
+            () = &mut abandoned => Err(UpstreamError::DeadlineExceeded),
+        }
+    }
+
+    async fn call_until_deadline<Attempt, Fut>(
+        &self,
+        protect: &ProtectConfig,
+        attempt_timeout: Duration,
+        deadline: Instant,
+        metrics: &Metrics,
         attempt: Attempt,
     ) -> Result<CoreAnswer, UpstreamError>
     where
@@ -91,35 +116,46 @@ impl CoreGuard {
         loop {
             attempts += 1;
             let now = Instant::now();
-            if !still_wanted() || now >= deadline {
-                return Err(refuse(RefusalReason::Deadline, UpstreamError::DeadlineExceeded));
+            let left = deadline.saturating_duration_since(now);
+            if left < MIN_ATTEMPT {
+                return Err(UpstreamError::DeadlineExceeded);
             }
-            self.breaker.admit(now).map_err(|retry_in| {
-                self.publish_breaker(metrics);
-                refuse(RefusalReason::BreakerOpen, UpstreamError::BreakerOpen(retry_in))
+            let admitted = self.breaker.admit(now);
+            self.publish_breaker(metrics);
+            let probe = admitted.map_err(|retry_in| {
+                refuse(RefusalReason::BreakerOpen, UpstreamError::BreakerOpen(retry_in.max(MIN_PUSHBACK)))
             })?;
-            let outcome = attempt(attempt_timeout.min(deadline - now)).await;
-            let result = match &outcome {
-                Ok(answer) if answer.merchant.is_some() => CoreCallResult::Found,
-                Ok(_) => CoreCallResult::NotFound,
-                Err(UpstreamError::Timeout(_)) => CoreCallResult::Timeout,
-                Err(_) => CoreCallResult::Error,
+            let clipped = left < attempt_timeout;
+            let outcome = match attempt(attempt_timeout.min(left)).await {
+                // The caller's deadline ended the attempt, not the core: say so, and do not hold it
+                // against the core.
+                Err(UpstreamError::Timeout(_)) if clipped => Err(UpstreamError::DeadlineExceeded),
+                outcome => outcome,
             };
-            metrics.record_core_call(result, now.elapsed());
-            self.breaker.record(
-                outcome.is_ok(),
-                Instant::now(),
-                protect.breaker_failures.get(),
-                protect.breaker_open_for,
+            metrics.record_core_call(
+                match &outcome {
+                    Ok(answer) if answer.merchant.is_some() => CoreCallResult::Found,
+                    Ok(_) => CoreCallResult::NotFound,
+                    Err(UpstreamError::Timeout(_) | UpstreamError::DeadlineExceeded) => CoreCallResult::Timeout,
+                    Err(_) => CoreCallResult::Error,
+                },
+                now.elapsed(),
             );
+            let verdict = match &outcome {
+                Ok(_) => Some(true),
+                Err(UpstreamError::DeadlineExceeded) => None,
+                Err(_) => Some(false),
+            };
+            probe.settle(verdict, Instant::now(), protect.breaker_failures.get(), protect.breaker_open_for);
             self.publish_breaker(metrics);
             let error = match outcome {
                 Ok(answer) => return Ok(answer),
+                Err(UpstreamError::DeadlineExceeded) => return Err(UpstreamError::DeadlineExceeded),
                 Err(error) => error,
             };
             // Full jitter (a random pause up to the backoff) keeps retries from many edges apart.
             let pause = backoff.mul_f64(fastrand::f64());
-            if attempts >= protect.max_attempts.get() || Instant::now() + pause >= deadline {
+            if attempts >= protect.max_attempts.get() || Instant::now() + pause + MIN_ATTEMPT >= deadline {
                 return Err(error);
             }
             metrics.core_retries.inc();

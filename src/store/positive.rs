@@ -213,8 +213,8 @@ impl PositiveStore {
                 // shards): going one over beats taking another shard's lock while holding this one.
                 self.len.fetch_add(1, Ordering::Relaxed);
             } else {
+                // One out, one in: the count stays as it is, so no other insert can slip past the bound.
                 let cause = self.evict_one(shard);
-                self.len.fetch_add(1, Ordering::Relaxed);
                 (self.on_eviction)(cause, 1);
             }
         }
@@ -247,7 +247,7 @@ impl PositiveStore {
         cause
     }
 
-    /// Takes slot `at` out, moving the last slot into its place.
+    /// Takes slot `at` out, moving the last slot into its place (the caller keeps `len`).
     fn remove_at(&self, shard: &mut Shard, at: usize) {
         let hash = self.hasher.hash_one(shard.slots[at].id());
         let Ok(found) = shard.index.find_entry(hash, |&other| other as usize == at) else {
@@ -256,7 +256,6 @@ impl PositiveStore {
         found.remove();
         let last = shard.slots.len() - 1;
         shard.slots.swap_remove(at);
-        self.len.fetch_sub(1, Ordering::Relaxed);
         if at != last {
             let moved = self.hasher.hash_one(shard.slots[at].id());
             let position = shard.index.find_mut(moved, |&other| other as usize == last).expect("every slot is indexed");
@@ -273,6 +272,7 @@ impl PositiveStore {
             return false;
         };
         self.remove_at(shard, at as usize);
+        self.len.fetch_sub(1, Ordering::Relaxed);
         (self.on_eviction)(EvictionCause::Explicit, 1);
         true
     }
@@ -293,6 +293,7 @@ impl PositiveStore {
                 }
             }
             if removed > 0 {
+                self.len.fetch_sub(removed, Ordering::Relaxed);
                 (self.on_eviction)(EvictionCause::Explicit, removed);
             }
         }
