@@ -6,7 +6,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use merchant_edge::metrics::Metrics;
 use merchant_edge::sim::dataset::{synthetic_id, synthetic_merchant};
-use merchant_edge::store::{Capacities, NegativeEntry, PositiveEntry, Stores};
+use merchant_edge::store::{Capacities, NegativeEntry, Origin, PositiveEntry, Stores};
 use merchant_edge::wire::EncodedMerchant;
 use tokio::time::Instant;
 
@@ -20,7 +20,7 @@ fn filled(entries: u64) -> Stores {
         let merchant = EncodedMerchant::encode(&synthetic_merchant(index));
         let entry = PositiveEntry { merchant, as_of_sequence: 0, learned_at: now, ttl: TTL };
         stores.put_positive(synthetic_id(index).into(), entry, None);
-        let negative = NegativeEntry { as_of_sequence: 0, learned_at: now, ttl: TTL };
+        let negative = NegativeEntry { as_of_sequence: 0, learned_at: now, ttl: TTL, origin: Origin::CoreRead };
         stores.put_negative(format!("899{index:012}").into(), negative, None);
     }
     stores.entry_counts();

@@ -1,10 +1,10 @@
 //! The operators' HTTP endpoint (loopback by default): liveness, readiness, Prometheus metrics, the
-//! effective config and reload. Endpoints that change state answer loopback clients only, unless
+//! effective config, reload, explaining one ID and invalidating one ID. Endpoints that change state answer loopback clients only, unless
 //! `admin.allow_remote_changes` is set.
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -28,6 +28,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/config", get(config))
         .route("/reload", post(reload))
+        .route("/debug/merchants/{id}", get(explain))
+        .route("/invalidate/{id}", post(invalidate))
         .with_state(state)
 }
 
@@ -79,11 +81,45 @@ fn may_change_state(peer: IpAddr, allow_remote_changes: bool) -> bool {
     allow_remote_changes || peer.is_loopback() || peer.to_canonical().is_loopback()
 }
 
+/// Refuses a state-changing request from a client that may not make one.
+fn refuse_remote(state: &AdminState, peer: SocketAddr, what: &str) -> Option<Response> {
+    if may_change_state(peer.ip(), state.shared.config.load().admin.allow_remote_changes) {
+        return None;
+    }
+    tracing::warn!(%peer, "refused {what} from a non-loopback client");
+    let message = "state-changing endpoints answer loopback clients only (see admin.allow_remote_changes)";
+    Some((StatusCode::FORBIDDEN, Json(serde_json::json!({ "error": message }))).into_response())
+}
+
+/// The checklist and verdict for one ID, as JSON.
+async fn explain(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
+    Json(crate::explain::explain(&state.shared, &id).await).into_response()
+}
+
+/// Drops both entries for one ID (manual repair); the next lookup asks the core.
+async fn invalidate(
+    State(state): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(refused) = refuse_remote(&state, peer, "POST /invalidate") {
+        return refused;
+    }
+    let id = match state.shared.config.load().merchant_id.normalise(&id) {
+        Ok(id) => id.into_owned(),
+        Err(error) => {
+            return (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": error.to_string() }))).into_response()
+        }
+    };
+    state.shared.resolver.invalidate(&id).await;
+    state.shared.metrics.invalidations.inc();
+    tracing::info!(%peer, id, "entries invalidated over the admin endpoint");
+    (StatusCode::OK, Json(serde_json::json!({ "invalidated": id }))).into_response()
+}
+
 async fn reload(State(state): State<AdminState>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
-    if !may_change_state(peer.ip(), state.shared.config.load().admin.allow_remote_changes) {
-        tracing::warn!(%peer, "refused POST /reload from a non-loopback client");
-        let message = "state-changing endpoints answer loopback clients only (see admin.allow_remote_changes)";
-        return (StatusCode::FORBIDDEN, Json(serde_json::json!({ "error": message }))).into_response();
+    if let Some(refused) = refuse_remote(&state, peer, "POST /reload") {
+        return refused;
     }
     tracing::info!(%peer, "reload requested over the admin endpoint");
     // In its own task: a client that hangs up must not cancel a reload halfway through.

@@ -5,7 +5,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic::Status;
 
 use crate::pb::merchant_lookup_client::MerchantLookupClient;
-use crate::pb::{LookupRequest, LookupResponse, MerchantStatus, Source};
+use crate::pb::{LookupRequest, LookupResponse, MerchantStatus, Reason, Source};
 
 /// How to reach the edge: TLS when a CA is given, with a client certificate for mutual TLS.
 #[derive(Debug, Clone, Default)]
@@ -74,7 +74,12 @@ pub fn render(requested: &str, outcome: &Result<LookupResponse, Status>) -> Stri
         Source::Stale => "STALE (core unreachable)",
         Source::Unspecified => "unknown source",
     };
-    let from = format!("[{source}, age {}ms, as of sequence {}]", provenance.age_ms, provenance.as_of_sequence);
+    let reason = match Reason::try_from(response.reason) {
+        Ok(Reason::Unspecified) => String::new(),
+        Ok(reason) => format!("  reason {}", reason.as_str_name()),
+        Err(_) => format!("  reason {}", response.reason),
+    };
+    let from = format!("[{source}, age {}ms, as of sequence {}]{reason}", provenance.age_ms, provenance.as_of_sequence);
     match &response.merchant {
         Some(m) if response.found => {
             let status = MerchantStatus::try_from(m.status).unwrap_or(MerchantStatus::Unspecified);
@@ -86,6 +91,44 @@ pub fn render(requested: &str, outcome: &Result<LookupResponse, Status>) -> Stri
         }
         _ => format!("{requested}  NOT FOUND (unknown to the bank core)  {from}"),
     }
+}
+
+/// Percent-encodes an ID for a URL path (IDs may hold spaces or full-width characters as typed).
+fn path_segment(id: &str) -> String {
+    id.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => char::from(byte).to_string(),
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
+/// Asks a running edge's admin endpoint to explain `id` and prints the checklist and the verdict.
+pub async fn explain_and_print(admin: &str, id: &str) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let admin = admin.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(admin)
+        .await
+        .map_err(|e| format!("cannot reach the admin endpoint {admin}: {e}"))?;
+    let request =
+        format!("GET /debug/merchants/{} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n", path_segment(id));
+    stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.map_err(|e| e.to_string())?;
+    let (head, body) = response.split_once("\r\n\r\n").ok_or("the admin endpoint sent no HTTP response")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("the admin endpoint answered {}", head.lines().next().unwrap_or_default()));
+    }
+    let explanation: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| format!("unexpected answer from the admin endpoint: {e}"))?;
+    let section = |name: &str| serde_json::to_string(&explanation[name]).unwrap_or_default();
+    println!("1. ID:        {}", section("id"));
+    println!("2. cached:    positive {} / negative {}", section("positive_entry"), section("negative_entry"));
+    println!("3. feed:      {}", section("feed"));
+    println!("4. core now:  {}", section("core"));
+    println!("reason:       {}", explanation["reason"].as_str().unwrap_or_default());
+    println!("verdict:      {}", explanation["verdict"].as_str().unwrap_or_default());
+    Ok(())
 }
 
 #[cfg(test)]
@@ -107,18 +150,22 @@ mod tests {
                 updated_at: None,
             }),
             provenance: Some(Provenance { source: Source::Cache as i32, age_ms: 12, as_of_sequence: 3 }),
+            reason: Reason::PendingReview as i32,
         };
         let line = render("898000000000097", &Ok(found));
         assert!(line.contains("PENDING_REVIEW") && line.contains("[cache, age 12ms, as of sequence 3]"), "{line}");
+        assert!(line.ends_with("reason REASON_PENDING_REVIEW"), "{line}");
         let missing = LookupResponse {
             found: false,
             merchant: None,
             provenance: Some(Provenance { source: Source::NegativeCache as i32, age_ms: 0, as_of_sequence: 0 }),
+            reason: Reason::UnknownToCore as i32,
         };
         assert!(render("898999999999999", &Ok(missing)).contains("NOT FOUND"));
         let error = render("x", &Err(Status::invalid_argument("rule `length`")));
         assert_eq!(error, "x  error InvalidArgument: rule `length`");
         assert_eq!(server_url("127.0.0.1:50051", false), "http://127.0.0.1:50051");
+        assert_eq!(path_segment("８98 0/1"), "%EF%BC%9898%200%2F1");
         assert_eq!(server_url("edge.bank:50051", true), "https://edge.bank:50051");
     }
 }

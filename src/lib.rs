@@ -25,6 +25,7 @@ pub mod admin;
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod explain;
 pub mod feed;
 pub mod fill;
 pub mod guard;

@@ -53,6 +53,13 @@ enum Command {
         #[arg(long, value_name = "FILE", requires = "cert")]
         key: Option<PathBuf>,
     },
+    /// Explain why an ID is (not) found: the checklist and a verdict, from a running edge's admin endpoint.
+    Explain {
+        #[arg(value_name = "ID")]
+        id: String,
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: String,
+    },
     /// Validate a config file and print its effective values.
     CheckConfig { file: PathBuf },
 }
@@ -72,6 +79,9 @@ fn main() -> ExitCode {
             Command::Lookup { ids, server, ca, cert, key } => {
                 let tls = merchant_edge::client::ClientTls { ca, identity: cert.zip(key) };
                 Ok(commands::lookup(&server, &tls, &ids).await)
+            }
+            Command::Explain { id, admin } => {
+                merchant_edge::client::explain_and_print(&admin, &id).await.map(|()| ExitCode::SUCCESS)
             }
             Command::CheckConfig { .. } => unreachable!("handled before the runtime starts"),
         }

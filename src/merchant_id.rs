@@ -114,6 +114,19 @@ impl IdRule {
     }
 }
 
+impl IdRule {
+    /// The ID as the normaliser sees it before checking the rule (trimmed, full-width folded), for
+    /// explaining an ID that breaks it.
+    pub fn fold(raw: &str) -> String {
+        raw.trim().chars().map(fold_full_width).collect()
+    }
+
+    /// The characters an ID may hold.
+    pub fn alphabet(&self) -> Vec<char> {
+        (b'0'..=b'z').filter(|&byte| self.charset.allows(byte)).map(char::from).collect()
+    }
+}
+
 /// Maps the full-width forms of ASCII (U+FF01..U+FF5E, e.g. `８` typed on a CJK keyboard) to ASCII.
 fn fold_full_width(c: char) -> char {
     match c {

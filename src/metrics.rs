@@ -345,6 +345,7 @@ pub struct Metrics {
     pub core_retries: Counter,
     /// 0 closed, 1 open, 2 half-open.
     pub breaker_state: Gauge,
+    pub invalidations: Counter,
 }
 
 impl Default for Metrics {
@@ -392,6 +393,12 @@ impl Default for Metrics {
             "core_retries",
             "Core calls retried after a failure, within the caller's deadline",
             core_retries.clone(),
+        );
+        let invalidations = Counter::default();
+        registry.register(
+            "invalidations",
+            "IDs whose entries an operator dropped (POST /invalidate/{id})",
+            invalidations.clone(),
         );
         let breaker_state = Gauge::default();
         registry.register(
@@ -443,6 +450,7 @@ impl Default for Metrics {
             core_refusals,
             core_retries,
             breaker_state,
+            invalidations,
         }
     }
 }

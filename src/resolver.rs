@@ -16,7 +16,7 @@ use crate::guard::{Caller, CoreGuard};
 use crate::merchant_id::IdError;
 use crate::metrics::{LookupCounters, Metrics};
 use crate::pb::{ChangeKind, ChangeNotice, Merchant, Source};
-use crate::store::{Capacities, NegativeEntry, PositiveEntry, Stored, Stores};
+use crate::store::{Capacities, NegativeEntry, Origin, PositiveEntry, Stored, Stores};
 use crate::upstream::{CoreClient, UpstreamError};
 use crate::wire::EncodedMerchant;
 
@@ -163,6 +163,18 @@ impl Resolver {
         }
     }
 
+    /// The core client, for asking the core directly (explaining an ID).
+    pub fn core(&self) -> &CoreClient {
+        &self.core
+    }
+
+    /// Forgets both entries for `id` (manual repair), fenced like a change notice so that a core call
+    /// in flight cannot put an answer back that it read before.
+    pub async fn invalidate(&self, id: &str) {
+        let _writes = self.store_writes.read().await;
+        self.fills.supersede(id, || self.stores.load().remove(id));
+    }
+
     /// Core protection: the breaker's state and the calls in flight and queued.
     pub fn guard(&self) -> &CoreGuard {
         &self.guard
@@ -185,7 +197,7 @@ impl Resolver {
     /// When the core cannot answer, a merchant past its TTL but within `cache.serve_stale_for` is
     /// answered instead (source STALE); a cached "not found" never is.
     pub async fn answer_from_core(self: &Arc<Self>, id: &str, caller: &Caller) -> Result<Answer, LookupError> {
-        let outcome = match self.guard.charge(caller, &self.config.load().protect, &self.metrics) {
+        let outcome = match self.guard.admit(caller, &self.config.load().protect, &self.metrics) {
             Ok(()) => self.ask_core(id, caller.deadline).await,
             Err(refused) => Err(refused),
         };
@@ -352,7 +364,8 @@ impl Resolver {
                 if ttl.is_zero() {
                     stores.remove(&id);
                 } else {
-                    stores.put_negative(id, NegativeEntry { as_of_sequence, learned_at, ttl }, held);
+                    let origin = if equal == Equal::Replace { Origin::CoreRead } else { Origin::Notice };
+                    stores.put_negative(id, NegativeEntry { as_of_sequence, learned_at, ttl, origin }, held);
                 }
             }
         }

@@ -15,7 +15,7 @@ use crate::config::LiveConfig;
 use crate::guard::Caller;
 use crate::readiness::Readiness;
 use crate::resolver::{Answer, InMemory, LookupError, Resolver};
-use crate::status::{lookup_code, CallError};
+use crate::status::{answer_reason, error_reason, lookup_code, CallError};
 use crate::wire::merchant_lookup_server::MerchantLookup;
 use crate::wire::{
     BatchLookupRequest, BatchLookupResponse, BatchLookupResult, LookupError as ResultError, LookupRequest,
@@ -94,6 +94,7 @@ impl From<Answer> for LookupResponse {
             found: answer.merchant.is_some(),
             merchant: merchant_bytes(&answer),
             provenance: Some(provenance(&answer)),
+            reason: answer_reason(&answer) as i32,
         }
     }
 }
@@ -106,12 +107,17 @@ fn batch_result(requested_merchant_id: String, answer: Result<Answer, LookupErro
             provenance: Some(provenance(&answer)),
             requested_merchant_id,
             error: None,
+            reason: answer_reason(&answer) as i32,
         },
-        Err(error) => BatchLookupResult {
-            requested_merchant_id,
-            error: Some(ResultError { code: lookup_code(&error) as i32, message: error.to_string() }),
-            ..Default::default()
-        },
+        Err(error) => {
+            let reason = error_reason(&error) as i32;
+            BatchLookupResult {
+                requested_merchant_id,
+                error: Some(ResultError { code: lookup_code(&error) as i32, message: error.to_string(), reason }),
+                reason,
+                ..Default::default()
+            }
+        }
     }
 }
 

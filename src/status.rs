@@ -3,8 +3,38 @@
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
-use crate::resolver::LookupError;
+use crate::merchant_id::IdError;
+use crate::pb::{MerchantStatus, Reason, Source};
+use crate::resolver::{Answer, LookupError};
 use crate::upstream::UpstreamError;
+
+/// Response metadata naming the reason (a `merchant.v1.Reason` name) of a failed unary Lookup.
+pub const REASON_HEADER: &str = "merchant-edge-reason";
+
+/// Why an answer is not simply "an ACTIVE merchant" (see `merchant.v1.Reason`).
+pub fn answer_reason(answer: &Answer) -> Reason {
+    let Some(merchant) = &answer.merchant else {
+        return Reason::UnknownToCore;
+    };
+    match MerchantStatus::try_from(merchant.status()) {
+        Ok(MerchantStatus::PendingReview) => Reason::PendingReview,
+        Ok(MerchantStatus::Suspended) => Reason::Suspended,
+        Ok(MerchantStatus::Closed) => Reason::Closed,
+        _ if answer.source == Source::Stale => Reason::CoreUnreachable,
+        _ => Reason::Unspecified,
+    }
+}
+
+/// Why a lookup has no answer (see `merchant.v1.Reason`).
+pub fn error_reason(error: &LookupError) -> Reason {
+    match error {
+        LookupError::InvalidId(IdError::Empty { .. }) => Reason::IdEmpty,
+        LookupError::InvalidId(IdError::Length { .. }) => Reason::IdLength,
+        LookupError::InvalidId(IdError::Charset { .. }) => Reason::IdCharset,
+        LookupError::Upstream(UpstreamError::Shed | UpstreamError::ClientLimit { .. }) => Reason::CoreBusy,
+        LookupError::Upstream(_) => Reason::CoreUnreachable,
+    }
+}
 
 /// Server pushback as gRPC's retry design (A6) defines it: how long a client should wait first.
 pub const RETRY_PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
@@ -30,6 +60,7 @@ pub fn lookup_code(error: &LookupError) -> Code {
 impl From<LookupError> for Status {
     fn from(error: LookupError) -> Self {
         let mut status = Status::new(lookup_code(&error), error.to_string());
+        status.metadata_mut().insert(REASON_HEADER, MetadataValue::from_static(error_reason(&error).as_str_name()));
         if let LookupError::Upstream(upstream) = &error {
             if let Some(after) = upstream.retry_after() {
                 let millis = MetadataValue::from(u64::try_from(after.as_millis()).unwrap_or(u64::MAX));

@@ -18,34 +18,44 @@ pub use generated::{
 /// A merchant encoded once as `merchant.v1.Merchant` protobuf; every answer that carries it shares the
 /// bytes (a reference count, no copy until the socket write).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EncodedMerchant(Bytes);
+pub struct EncodedMerchant {
+    bytes: Bytes,
+    /// The record's `status`, kept beside the bytes: answers derive their reason from it.
+    status: i32,
+}
 
 impl EncodedMerchant {
     pub fn encode(merchant: &pb::Merchant) -> Self {
-        Self(Bytes::from(merchant.encode_to_vec()))
+        Self { bytes: Bytes::from(merchant.encode_to_vec()), status: merchant.status }
     }
 
-    /// Bytes that already hold an encoded `merchant.v1.Merchant` (as the positive store keeps them).
-    pub fn from_bytes(encoded: Bytes) -> Self {
-        Self(encoded)
+    /// Bytes that already hold an encoded `merchant.v1.Merchant` with this `status` (as the positive
+    /// store keeps them).
+    pub fn from_parts(bytes: Bytes, status: i32) -> Self {
+        Self { bytes, status }
+    }
+
+    /// The merchant's status (`merchant.v1.MerchantStatus` value).
+    pub fn status(&self) -> i32 {
+        self.status
     }
 
     /// The record itself, for the few places that read fields (not the answer path).
     pub fn decode(&self) -> pb::Merchant {
-        pb::Merchant::decode(self.0.clone()).expect("the edge encoded these bytes itself")
+        pb::Merchant::decode(self.bytes.clone()).expect("the edge encoded these bytes itself")
     }
 
     pub fn bytes(&self) -> Bytes {
-        self.0.clone()
+        self.bytes.clone()
     }
 
     /// Heap bytes held for the encoded record.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.bytes.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.bytes.is_empty()
     }
 }
 
@@ -63,11 +73,12 @@ mod tests {
             found: true,
             merchant: encoded.bytes(),
             provenance: Some(Provenance { source: 1, age_ms: 12, as_of_sequence: 3 }),
+            reason: 0,
         };
         let public = pb::LookupResponse::decode(wire.encode_to_vec().as_slice()).unwrap();
         assert_eq!(public.merchant, Some(merchant));
         assert_eq!(public.provenance.unwrap().age_ms, 12);
-        let not_found = LookupResponse { found: false, merchant: Bytes::new(), provenance: None };
+        let not_found = LookupResponse { found: false, merchant: Bytes::new(), provenance: None, reason: 1 };
         assert_eq!(pb::LookupResponse::decode(not_found.encode_to_vec().as_slice()).unwrap().merchant, None);
     }
 }

@@ -194,6 +194,7 @@ impl Follower {
         self.shared.feed.restart_at(sequence);
         if let Some(reason) = reason {
             self.feed_metrics().count_resync(reason);
+            self.shared.feed.record_resync(reason);
         }
         tracing::info!(?sync, ?reason, merchants, sequence, elapsed = ?started.elapsed(), "feed: snapshot loaded");
         Ok(())

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::metrics::ResyncReason;
+
 /// Marks an instant slot as empty.
 const NEVER: u64 = u64::MAX;
 
@@ -18,6 +20,8 @@ pub struct FeedStatus {
     down_since: AtomicU64,
     /// Since when the core has been ahead of the applied notices (`NEVER` while caught up).
     behind_since: AtomicU64,
+    /// The last resync after the first sync, for explaining answers.
+    last_resync: parking_lot::Mutex<Option<(Instant, ResyncReason)>>,
 }
 
 /// How far the edge trails the core.
@@ -43,6 +47,7 @@ impl FeedStatus {
             head: AtomicU64::new(0),
             down_since: AtomicU64::new(0),
             behind_since: AtomicU64::new(NEVER),
+            last_resync: parking_lot::Mutex::new(None),
         }
     }
 
@@ -140,6 +145,14 @@ impl FeedStatus {
             && self
                 .decode(self.behind_since.load(Ordering::Acquire))
                 .is_some_and(|since| now.saturating_duration_since(since) >= patience)
+    }
+
+    pub fn record_resync(&self, reason: ResyncReason) {
+        *self.last_resync.lock() = Some((Instant::now(), reason));
+    }
+
+    pub fn last_resync(&self) -> Option<(Instant, ResyncReason)> {
+        *self.last_resync.lock()
     }
 
     pub fn lag(&self, now: Instant) -> Lag {

@@ -75,6 +75,12 @@ impl Budget {
         (state.in_flight, state.queue.len())
     }
 
+    /// Whether a call now would be refused for a full queue (a cheap check before any work for it).
+    pub fn is_full(&self, max_in_flight: usize, max_queued: usize) -> bool {
+        let state = self.state.lock();
+        state.in_flight >= max_in_flight && state.queue.len() >= max_queued
+    }
+
     /// A place for one core call, waiting in the queue if need be but not past `deadline`.
     pub async fn acquire(&self, max_in_flight: usize, max_queued: usize, deadline: Instant) -> Result<Permit, Refused> {
         self.max_in_flight.store(max_in_flight, Ordering::Relaxed);

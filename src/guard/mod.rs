@@ -51,8 +51,18 @@ impl CoreGuard {
         self.budget.load()
     }
 
-    /// Charges one core-bound lookup to the caller's client.
-    pub fn charge(&self, caller: &Caller, protect: &ProtectConfig, metrics: &Metrics) -> Result<(), UpstreamError> {
+    /// Admits one core-bound lookup: refused at once when the core-call queue is full (before any
+    /// work is spent on it: under a flood of unknown IDs most lookups end here), or when the caller's
+    /// client is over its limit.
+    pub fn admit(&self, caller: &Caller, protect: &ProtectConfig, metrics: &Metrics) -> Result<(), UpstreamError> {
+        if self.budget.is_full(protect.max_in_flight.get() as usize, protect.max_queued as usize) {
+            metrics.count_refusal(RefusalReason::QueueFull);
+            return Err(UpstreamError::Shed);
+        }
+        self.charge(caller, protect, metrics)
+    }
+
+    fn charge(&self, caller: &Caller, protect: &ProtectConfig, metrics: &Metrics) -> Result<(), UpstreamError> {
         let (Some(client), Some(rate)) = (&caller.client, protect.per_client_rate) else {
             return Ok(());
         };

@@ -29,6 +29,16 @@ pub struct NegativeEntry {
     pub learned_at: Instant,
     /// The negative TTL when it was stored (shorter while the change feed cannot be trusted).
     pub ttl: Duration,
+    pub origin: Origin,
+}
+
+/// Where the edge learned an answer, for explaining it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A GetMerchant answer.
+    CoreRead,
+    /// A change notice or a snapshot.
+    Notice,
 }
 
 /// Lets moka reclaim each "not found" after its own stamped TTL.
@@ -234,7 +244,7 @@ mod tests {
     }
 
     fn not_found(ttl: Duration) -> NegativeEntry {
-        NegativeEntry { as_of_sequence: 1, learned_at: Instant::now(), ttl }
+        NegativeEntry { as_of_sequence: 1, learned_at: Instant::now(), ttl, origin: Origin::CoreRead }
     }
 
     #[tokio::test(start_paused = true)]

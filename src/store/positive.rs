@@ -53,6 +53,8 @@ struct Slot {
     data: Box<[u8]>,
     id_len: u32,
     uses: AtomicU8,
+    /// The merchant's status (fits a byte; kept so answers need not decode the bytes).
+    status: u8,
     as_of_sequence: u64,
     /// Nanoseconds after the store's epoch.
     learned_ns: u64,
@@ -161,7 +163,10 @@ impl PositiveStore {
 
     fn entry(&self, slot: &Slot) -> PositiveEntry {
         PositiveEntry {
-            merchant: EncodedMerchant::from_bytes(Bytes::copy_from_slice(&slot.data[slot.id_len as usize..])),
+            merchant: EncodedMerchant::from_parts(
+                Bytes::copy_from_slice(&slot.data[slot.id_len as usize..]),
+                i32::from(slot.status),
+            ),
             as_of_sequence: slot.as_of_sequence,
             learned_at: self.epoch + Duration::from_nanos(slot.learned_ns),
             ttl: Duration::from_nanos(slot.ttl_ns),
@@ -190,6 +195,7 @@ impl PositiveStore {
             data: data.into_boxed_slice(),
             id_len: id.len().try_into().expect("IDs are far shorter than 4 GiB"),
             uses: AtomicU8::new(1),
+            status: u8::try_from(entry.merchant.status()).unwrap_or(u8::MAX),
             as_of_sequence: entry.as_of_sequence,
             learned_ns: self.since_epoch(entry.learned_at),
             ttl_ns: nanos(entry.ttl),

@@ -1,0 +1,314 @@
+//! "Why was this merchant not found?": walks the field guide's checklist for one ID — the ID and its
+//! rule (with typo suggestions), what the stores hold, the change feed, the core asked now — and ends
+//! with a verdict in plain words. Served as JSON on the admin endpoint (`GET /debug/merchants/{id}`)
+//! and printed by `merchant-edge explain`.
+pub mod typo;
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::merchant_id::IdRule;
+use crate::pb::{MerchantStatus, Reason};
+use crate::shared::Shared;
+use crate::status::{answer_reason, error_reason};
+use crate::store::Origin;
+use crate::upstream::CoreAnswer;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    pub id: IdCheck,
+    pub positive_entry: Option<PositiveView>,
+    pub negative_entry: Option<NegativeView>,
+    pub feed: FeedView,
+    pub core: CoreView,
+    /// The `merchant.v1.Reason` a terminal looking the ID up now would get.
+    pub reason: String,
+    pub verdict: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IdCheck {
+    pub typed: String,
+    /// As looked up, when the ID keeps the rule.
+    pub normalised: Option<String>,
+    /// The rule broken, in the words a lookup's error uses.
+    pub rule_broken: Option<String>,
+    /// Known merchants (held in memory) one keying slip away.
+    pub did_you_mean: Vec<String>,
+    /// How many candidate IDs were looked up for suggestions, and how long it took.
+    pub suggestion_candidates: usize,
+    pub suggestion_micros: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PositiveView {
+    pub version: u64,
+    pub status: String,
+    pub as_of_sequence: u64,
+    pub age_ms: u64,
+    /// Negative once past the TTL (then it is answered only as stale, while the core cannot answer).
+    pub ttl_left_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NegativeView {
+    pub as_of_sequence: u64,
+    pub age_ms: u64,
+    pub ttl_left_ms: i64,
+    pub learned_from: String,
+    /// Whether lookups are answered from it now (while the feed is down it is trusted only briefly).
+    pub answered_from: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FeedView {
+    pub connected: bool,
+    pub applied_sequence: u64,
+    pub core_head_sequence: u64,
+    pub lag_notices: u64,
+    /// How long the feed has been down or behind (0 when caught up).
+    pub lag_seconds: f64,
+    pub last_resync: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CoreView {
+    pub found: Option<bool>,
+    pub version: Option<u64>,
+    pub status: Option<String>,
+    pub as_of_sequence: Option<u64>,
+    pub latency_ms: f64,
+    pub error: Option<String>,
+}
+
+fn millis(duration: Duration) -> u64 {
+    duration.as_millis().try_into().unwrap_or(u64::MAX)
+}
+
+fn signed_millis_left(ttl: Duration, age: Duration) -> i64 {
+    let left = i128::try_from(ttl.as_millis()).unwrap_or(i128::MAX) - i128::try_from(age.as_millis()).unwrap_or(0);
+    left.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+}
+
+fn status_name(status: i32) -> String {
+    MerchantStatus::try_from(status).map_or_else(|_| format!("unknown status {status}"), |s| s.as_str_name().into())
+}
+
+/// Walks the checklist for `raw_id` (asking the core once, bypassing the stores).
+pub async fn explain(shared: &Shared, raw_id: &str) -> Explanation {
+    let config = shared.config.load_full();
+    let rule = &config.merchant_id;
+    let resolver = &shared.resolver;
+    let stores = resolver.stores();
+    let started = std::time::Instant::now();
+    let typed = IdRule::fold(raw_id);
+    let suggestions = typo::suggest(&typed, &rule.alphabet(), rule.min_length..=rule.max_length, |id| {
+        id != typed && stores.holds_positive(id)
+    });
+    let suggestion_micros = started.elapsed().as_micros().try_into().unwrap_or(u64::MAX);
+    let normalised = rule.normalise(raw_id);
+    let id = IdCheck {
+        typed: raw_id.to_owned(),
+        normalised: normalised.as_ref().ok().map(|id| id.to_string()),
+        rule_broken: normalised.as_ref().err().map(ToString::to_string),
+        did_you_mean: suggestions.ids,
+        suggestion_candidates: suggestions.candidates,
+        suggestion_micros,
+    };
+    let feed = &shared.feed;
+    let now = Instant::now();
+    let lag = feed.lag(now);
+    let feed_view = FeedView {
+        connected: feed.is_connected(),
+        applied_sequence: feed.applied(),
+        core_head_sequence: feed.head(),
+        lag_notices: lag.notices,
+        lag_seconds: lag.duration.as_secs_f64(),
+        last_resync: feed
+            .last_resync()
+            .map(|(at, reason)| format!("{reason:?} {:.1}s ago", now.saturating_duration_since(at).as_secs_f64())),
+    };
+    let Ok(normalised) = normalised else {
+        let reason = error_reason(&crate::resolver::LookupError::InvalidId(normalised.unwrap_err()));
+        let core =
+            CoreView { found: None, version: None, status: None, as_of_sequence: None, latency_ms: 0.0, error: None };
+        let verdict = verdict(&id, None, None, &feed_view, &core, None);
+        return Explanation {
+            id,
+            positive_entry: None,
+            negative_entry: None,
+            feed: feed_view,
+            core,
+            reason: reason.as_str_name().into(),
+            verdict,
+        };
+    };
+    let positive = stores.positive_within(&normalised, now, Duration::MAX, Duration::MAX).map(|entry| {
+        let merchant = entry.merchant.decode();
+        let age = now.saturating_duration_since(entry.learned_at);
+        PositiveView {
+            version: merchant.version,
+            status: status_name(merchant.status),
+            as_of_sequence: entry.as_of_sequence,
+            age_ms: millis(age),
+            ttl_left_ms: signed_millis_left(entry.ttl.min(config.cache.positive_ttl), age),
+        }
+    });
+    let negative = stores.fresh_negative(&normalised, now, config.cache.negative_ttl).map(|entry| {
+        let age = now.saturating_duration_since(entry.learned_at);
+        NegativeView {
+            as_of_sequence: entry.as_of_sequence,
+            age_ms: millis(age),
+            ttl_left_ms: signed_millis_left(entry.ttl.min(config.cache.negative_ttl), age),
+            learned_from: match entry.origin {
+                Origin::CoreRead => "a GetMerchant answer".into(),
+                Origin::Notice => "a change notice or snapshot (deleted at the core)".into(),
+            },
+            answered_from: feed.trusts_negative(entry.learned_at, now, config.feed.negative_ttl_when_down),
+        }
+    });
+    let asked = std::time::Instant::now();
+    let answer = resolver.core().get_merchant(&normalised, config.upstream.timeout).await;
+    let latency_ms = asked.elapsed().as_secs_f64() * 1000.0;
+    let core = match &answer {
+        Ok(CoreAnswer { merchant, as_of_sequence }) => CoreView {
+            found: Some(merchant.is_some()),
+            version: merchant.as_ref().map(|m| m.version),
+            status: merchant.as_ref().map(|m| status_name(m.status)),
+            as_of_sequence: Some(*as_of_sequence),
+            latency_ms,
+            error: None,
+        },
+        Err(error) => CoreView {
+            found: None,
+            version: None,
+            status: None,
+            as_of_sequence: None,
+            latency_ms,
+            error: Some(error.to_string()),
+        },
+    };
+    let reason = match resolver.answer_from_memory(&normalised) {
+        Ok(crate::resolver::InMemory::Answered(answer)) => answer_reason(&answer),
+        _ => match &answer {
+            Ok(found) => answer_reason(&crate::resolver::Answer {
+                merchant: found.merchant.as_ref().map(crate::wire::EncodedMerchant::encode),
+                source: crate::pb::Source::Upstream,
+                age: Duration::ZERO,
+                as_of_sequence: found.as_of_sequence,
+            }),
+            Err(_) if positive.as_ref().is_some_and(|p| p.status == "MERCHANT_STATUS_ACTIVE") => {
+                Reason::CoreUnreachable
+            }
+            Err(error) => error_reason(&crate::resolver::LookupError::Upstream(error.clone())),
+        },
+    };
+    let verdict = verdict(&id, positive.as_ref(), negative.as_ref(), &feed_view, &core, Some(&normalised));
+    Explanation {
+        id,
+        positive_entry: positive,
+        negative_entry: negative,
+        feed: feed_view,
+        core,
+        reason: reason.as_str_name().into(),
+        verdict,
+    }
+}
+
+fn did_you_mean(id: &IdCheck) -> String {
+    match id.did_you_mean.as_slice() {
+        [] => String::new(),
+        [one] => format!("; did you mean {one}?"),
+        many => format!("; did you mean one of {}?", many.join(", ")),
+    }
+}
+
+fn feed_state(feed: &FeedView) -> String {
+    if !feed.connected {
+        format!("the feed has been down for {:.0} s", feed.lag_seconds)
+    } else if feed.lag_notices > 0 {
+        format!("the feed is {} notices ({:.1} s) behind", feed.lag_notices, feed.lag_seconds)
+    } else {
+        "the feed is connected and caught up".into()
+    }
+}
+
+/// The verdict in plain words, from what the checklist found.
+fn verdict(
+    id: &IdCheck,
+    positive: Option<&PositiveView>,
+    negative: Option<&NegativeView>,
+    feed: &FeedView,
+    core: &CoreView,
+    normalised: Option<&str>,
+) -> String {
+    let Some(normalised) = normalised else {
+        let broken = id.rule_broken.as_deref().unwrap_or("the ID breaks the ID rule");
+        return format!("format error: {broken}{}", did_you_mean(id));
+    };
+    if let Some(error) = &core.error {
+        let served = match (positive, negative) {
+            (Some(entry), _) if entry.ttl_left_ms > 0 => "terminals are answered from the cached merchant",
+            (Some(_), _) => "terminals get the last known merchant as STALE (within cache.serve_stale_for)",
+            (None, Some(entry)) if entry.answered_from => {
+                "terminals get the cached not-found, which cannot be checked now"
+            }
+            _ => "terminals get UNAVAILABLE (never \"not found\") until it answers",
+        };
+        return format!("core unreachable: {error}; {served}; {}", feed_state(feed));
+    }
+    match (core.found, core.status.as_deref()) {
+        (Some(true), status) => {
+            if let Some(entry) = negative {
+                return format!(
+                    "stale negative entry: a cached not-found (as of sequence {}, {:.0} s old) is older than the core's \
+                     answer (merchant {normalised} exists, version {}, as of sequence {}); {}; POST /invalidate/{normalised} \
+                     drops it",
+                    entry.as_of_sequence,
+                    entry.age_ms as f64 / 1000.0,
+                    core.version.unwrap_or_default(),
+                    core.as_of_sequence.unwrap_or_default(),
+                    feed_state(feed),
+                );
+            }
+            if let Some(entry) = positive.filter(|entry| Some(entry.version) < core.version) {
+                return format!(
+                    "stale positive entry: cached version {} is older than the core's version {}; {}",
+                    entry.version,
+                    core.version.unwrap_or_default(),
+                    feed_state(feed)
+                );
+            }
+            match status {
+                Some("MERCHANT_STATUS_PENDING_REVIEW") => {
+                    "merchant exists with status PENDING_REVIEW: qualification not approved yet".into()
+                }
+                Some("MERCHANT_STATUS_SUSPENDED") => {
+                    "merchant exists with status SUSPENDED: suspended by the bank".into()
+                }
+                Some("MERCHANT_STATUS_CLOSED") => "merchant exists with status CLOSED: the account is closed".into(),
+                _ => format!("merchant exists and is ACTIVE; lookups succeed ({})", feed_state(feed)),
+            }
+        }
+        _ => {
+            let sequence = core.as_of_sequence.unwrap_or_default();
+            if positive.is_some() {
+                return format!(
+                    "stale positive entry: the cache still holds a merchant the core no longer knows (as of sequence \
+                     {sequence}); {}; POST /invalidate/{normalised} drops it",
+                    feed_state(feed)
+                );
+            }
+            if id.did_you_mean.is_empty() {
+                format!(
+                    "unknown to the core as of sequence {sequence}: not registered (or not yet onboarded); check the ID \
+                     with the bank"
+                )
+            } else {
+                format!("unknown to the core as of sequence {sequence}: looks like a typo{}", did_you_mean(id))
+            }
+        }
+    }
+}
