@@ -91,8 +91,16 @@ fn refuse_remote(state: &AdminState, peer: SocketAddr, what: &str) -> Option<Res
     Some((StatusCode::FORBIDDEN, Json(serde_json::json!({ "error": message }))).into_response())
 }
 
-/// The checklist and verdict for one ID, as JSON.
-async fn explain(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
+/// The checklist and verdict for one ID, as JSON. It asks the core directly, so it answers the same
+/// clients as the state-changing endpoints (loopback unless admin.allow_remote_changes).
+async fn explain(
+    State(state): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(refused) = refuse_remote(&state, peer, "GET /debug/merchants") {
+        return refused;
+    }
     Json(crate::explain::explain(&state.shared, &id).await).into_response()
 }
 

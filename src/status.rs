@@ -20,8 +20,9 @@ pub fn answer_reason(answer: &Answer) -> Reason {
         Ok(MerchantStatus::PendingReview) => Reason::PendingReview,
         Ok(MerchantStatus::Suspended) => Reason::Suspended,
         Ok(MerchantStatus::Closed) => Reason::Closed,
-        _ if answer.source == Source::Stale => Reason::CoreUnreachable,
-        _ => Reason::Unspecified,
+        Ok(MerchantStatus::Active) if answer.source == Source::Stale => Reason::CoreUnreachable,
+        Ok(MerchantStatus::Active) => Reason::Unspecified,
+        Ok(MerchantStatus::Unspecified) | Err(_) => Reason::StatusUnknown,
     }
 }
 
@@ -76,5 +77,31 @@ impl From<CallError> for Status {
         match error {
             CallError::BatchTooLarge { .. } => Status::invalid_argument(error.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::wire::EncodedMerchant;
+
+    fn answer(status: i32, source: Source) -> Answer {
+        let merchant = crate::pb::Merchant { status, ..Default::default() };
+        Answer { merchant: Some(EncodedMerchant::encode(&merchant)), source, age: Duration::ZERO, as_of_sequence: 0 }
+    }
+
+    #[test]
+    fn only_an_active_merchant_answered_normally_has_nothing_to_explain() {
+        let active = MerchantStatus::Active as i32;
+        assert_eq!(answer_reason(&answer(active, Source::Cache)), Reason::Unspecified);
+        assert_eq!(answer_reason(&answer(active, Source::Stale)), Reason::CoreUnreachable);
+        let suspended = MerchantStatus::Suspended as i32;
+        assert_eq!(answer_reason(&answer(suspended, Source::Stale)), Reason::Suspended, "status first");
+        assert_eq!(answer_reason(&answer(0, Source::Upstream)), Reason::StatusUnknown);
+        assert_eq!(answer_reason(&answer(77, Source::Upstream)), Reason::StatusUnknown, "a status from a newer core");
+        let unknown = Answer { merchant: None, source: Source::NegativeCache, age: Duration::ZERO, as_of_sequence: 3 };
+        assert_eq!(answer_reason(&unknown), Reason::UnknownToCore);
     }
 }

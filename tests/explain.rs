@@ -99,6 +99,8 @@ async fn a_cached_not_found_older_than_the_core_with_the_feed_held_down_is_a_sta
     let core = Core::start(1000).await;
     let mut config = edge_config(&core.url());
     config.cache.negative_ttl = Duration::from_secs(120);
+    // Trusted through the outage, so terminals really get the stale not-found the verdict describes.
+    config.feed.negative_ttl_when_down = Duration::from_secs(120);
     let edge = start_following_edge(config).await;
     let new = "898000000005000";
     assert!(!lookup(&mut client(&edge).await, new).await.unwrap().found);
@@ -118,9 +120,13 @@ async fn a_cached_not_found_older_than_the_core_with_the_feed_held_down_is_a_sta
     assert!(
         text.contains("is older than the core's answer (merchant 898000000005000 exists, version 1, as of sequence 1)")
     );
-    assert!(text.contains("the feed has been down for 4"), "{text}");
+    assert!(text.contains("the feed has been down for 42 s"), "{text}");
     assert_eq!(explanation["negative_entry"]["learned_from"], "a GetMerchant answer");
+    assert_eq!(explanation["negative_entry"]["answered_from"], true);
     assert_eq!(explanation["feed"]["connected"], false);
+    assert_eq!(reason(&explanation), "REASON_UNKNOWN_TO_CORE");
+    let answer = lookup(&mut client(&edge).await, new).await.unwrap();
+    assert_eq!((answer.found, answer.reason), (false, Reason::UnknownToCore as i32), "what terminals get meanwhile");
 }
 
 #[tokio::test]

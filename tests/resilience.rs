@@ -105,6 +105,7 @@ async fn beyond_the_core_call_bounds_lookups_are_shed_at_once() {
     let shed = lookup(&mut hot, &unknown(9)).await.unwrap_err();
     assert_eq!(shed.code(), Code::ResourceExhausted);
     assert!(shed.message().contains("shed"), "{}", shed.message());
+    assert_eq!(shed.metadata().get("merchant-edge-reason").unwrap(), "REASON_CORE_BUSY");
     assert!(pushback_ms(&shed) > 0);
     assert_eq!(source(&lookup(&mut hot, KNOWN).await.unwrap()), Source::Cache, "hits never wait for the core");
     assert_eq!(core.stats().await.get_merchant_calls, 1 + 2);

@@ -10,7 +10,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::merchant_id::IdRule;
-use crate::pb::{MerchantStatus, Reason};
+use crate::pb::{MerchantStatus, Reason, Source};
 use crate::shared::Shared;
 use crate::status::{answer_reason, error_reason};
 use crate::store::Origin;
@@ -104,9 +104,14 @@ pub async fn explain(shared: &Shared, raw_id: &str) -> Explanation {
     let stores = resolver.stores();
     let started = std::time::Instant::now();
     let typed = IdRule::fold(raw_id);
-    let suggestions = typo::suggest(&typed, &rule.alphabet(), rule.min_length..=rule.max_length, |id| {
-        id != typed && stores.holds_positive(id)
-    });
+    // One slip changes the length by at most one: anything further off gets no suggestions (and a
+    // hostile 4 KB "ID" costs nothing).
+    let typed_length = typed.chars().count();
+    let suggestions = if typed_length + 1 >= rule.min_length && typed_length <= rule.max_length + 1 {
+        typo::suggest(&typed, &rule.alphabet(), rule.min_length..=rule.max_length, |id| stores.holds_positive(id))
+    } else {
+        typo::Suggestions { ids: Vec::new(), candidates: 0 }
+    };
     let suggestion_micros = started.elapsed().as_micros().try_into().unwrap_or(u64::MAX);
     let normalised = rule.normalise(raw_id);
     let id = IdCheck {
@@ -190,22 +195,32 @@ pub async fn explain(shared: &Shared, raw_id: &str) -> Explanation {
             error: Some(error.to_string()),
         },
     };
-    let reason = match resolver.answer_from_memory(&normalised) {
-        Ok(crate::resolver::InMemory::Answered(answer)) => answer_reason(&answer),
-        _ => match &answer {
-            Ok(found) => answer_reason(&crate::resolver::Answer {
-                merchant: found.merchant.as_ref().map(crate::wire::EncodedMerchant::encode),
-                source: crate::pb::Source::Upstream,
-                age: Duration::ZERO,
-                as_of_sequence: found.as_of_sequence,
-            }),
-            Err(_) if positive.as_ref().is_some_and(|p| p.status == "MERCHANT_STATUS_ACTIVE") => {
-                Reason::CoreUnreachable
-            }
-            Err(error) => error_reason(&crate::resolver::LookupError::Upstream(error.clone())),
+    // What a lookup now would answer, worked out without making one (no metrics, no fill).
+    let as_answer = |merchant: Option<crate::wire::EncodedMerchant>, source| crate::resolver::Answer {
+        merchant,
+        source,
+        age: Duration::ZERO,
+        as_of_sequence: 0,
+    };
+    let stored = stores.positive_within(&normalised, now, config.cache.positive_ttl, config.cache.serve_stale_for);
+    let fresh = stored
+        .as_ref()
+        .filter(|entry| now.saturating_duration_since(entry.learned_at) < entry.ttl.min(config.cache.positive_ttl));
+    let reason = match (fresh, negative.as_ref().filter(|entry| entry.answered_from), &answer) {
+        (Some(entry), _, _) => answer_reason(&as_answer(Some(entry.merchant.clone()), Source::Cache)),
+        (None, Some(_), _) => Reason::UnknownToCore,
+        (None, None, Ok(found)) => answer_reason(&as_answer(
+            found.merchant.as_ref().map(crate::wire::EncodedMerchant::encode),
+            Source::Upstream,
+        )),
+        (None, None, Err(error)) => match &stored {
+            Some(entry) => answer_reason(&as_answer(Some(entry.merchant.clone()), Source::Stale)),
+            None => error_reason(&crate::resolver::LookupError::Upstream(error.clone())),
         },
     };
-    let verdict = verdict(&id, positive.as_ref(), negative.as_ref(), &feed_view, &core, Some(&normalised));
+    let stale_window = config.cache.serve_stale_for;
+    let verdict =
+        verdict(&id, positive.as_ref(), negative.as_ref(), &feed_view, &core, Some((&normalised, stale_window)));
     Explanation {
         id,
         positive_entry: positive,
@@ -227,7 +242,7 @@ fn did_you_mean(id: &IdCheck) -> String {
 
 fn feed_state(feed: &FeedView) -> String {
     if !feed.connected {
-        format!("the feed has been down for {:.0} s", feed.lag_seconds)
+        format!("the feed has been down for {:.0} s", feed.lag_seconds.floor())
     } else if feed.lag_notices > 0 {
         format!("the feed is {} notices ({:.1} s) behind", feed.lag_notices, feed.lag_seconds)
     } else {
@@ -242,16 +257,19 @@ fn verdict(
     negative: Option<&NegativeView>,
     feed: &FeedView,
     core: &CoreView,
-    normalised: Option<&str>,
+    normalised: Option<(&str, Duration)>,
 ) -> String {
-    let Some(normalised) = normalised else {
+    let Some((normalised, stale_window)) = normalised else {
         let broken = id.rule_broken.as_deref().unwrap_or("the ID breaks the ID rule");
         return format!("format error: {broken}{}", did_you_mean(id));
     };
     if let Some(error) = &core.error {
+        let stale_for = i64::try_from(stale_window.as_millis()).unwrap_or(i64::MAX);
         let served = match (positive, negative) {
             (Some(entry), _) if entry.ttl_left_ms > 0 => "terminals are answered from the cached merchant",
-            (Some(_), _) => "terminals get the last known merchant as STALE (within cache.serve_stale_for)",
+            (Some(entry), _) if -entry.ttl_left_ms < stale_for => {
+                "terminals get the last known merchant as STALE (within cache.serve_stale_for)"
+            }
             (None, Some(entry)) if entry.answered_from => {
                 "terminals get the cached not-found, which cannot be checked now"
             }
@@ -261,6 +279,14 @@ fn verdict(
     }
     match (core.found, core.status.as_deref()) {
         (Some(true), status) => {
+            if let Some(entry) = negative.filter(|entry| !entry.answered_from) {
+                return format!(
+                    "a cached not-found (as of sequence {}) exists but is no longer answered ({}); lookups reach the \
+                     core, which knows the merchant",
+                    entry.as_of_sequence,
+                    feed_state(feed),
+                );
+            }
             if let Some(entry) = negative {
                 return format!(
                     "stale negative entry: a cached not-found (as of sequence {}, {:.0} s old) is older than the core's \
@@ -299,6 +325,12 @@ fn verdict(
                     "stale positive entry: the cache still holds a merchant the core no longer knows (as of sequence \
                      {sequence}); {}; POST /invalidate/{normalised} drops it",
                     feed_state(feed)
+                );
+            }
+            if let Some(entry) = negative.filter(|entry| entry.learned_from.starts_with("a change notice")) {
+                return format!(
+                    "deleted at the core as of sequence {}: the merchant no longer exists",
+                    entry.as_of_sequence
                 );
             }
             if id.did_you_mean.is_empty() {
