@@ -15,10 +15,6 @@ use merchant_edge::sim::Simulator;
 
 const NEW: &str = "898000500000001";
 
-fn source(response: &LookupResponse) -> Source {
-    Source::try_from(response.provenance.unwrap().source).unwrap()
-}
-
 fn version(response: &LookupResponse) -> Option<u64> {
     response.merchant.as_ref().filter(|_| response.found).map(|m| m.version)
 }

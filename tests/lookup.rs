@@ -9,10 +9,6 @@ use merchant_edge::pb::{BatchLookupRequest, LookupRequest, MerchantStatus, SetFa
 use merchant_edge::sim::dataset::synthetic_merchant;
 use tonic::Code;
 
-fn source(response: &merchant_edge::pb::LookupResponse) -> Source {
-    Source::try_from(response.provenance.unwrap().source).unwrap()
-}
-
 #[tokio::test]
 async fn miss_fills_from_the_core_then_hits() {
     let core = Core::start(1000).await;

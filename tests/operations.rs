@@ -33,10 +33,6 @@ async fn edge_from_file(path: &Path) -> RunningEdge {
     edge
 }
 
-fn source(response: &merchant_edge::pb::LookupResponse) -> Source {
-    Source::try_from(response.provenance.unwrap().source).unwrap()
-}
-
 async fn batch_of(client: &mut MerchantLookupClient<Channel>, n: usize) -> Result<usize, tonic::Status> {
     let request = BatchLookupRequest { merchant_ids: vec![KNOWN.to_string(); n] };
     client.batch_lookup(request).await.map(|r| r.into_inner().results.len())

@@ -204,8 +204,7 @@ async fn killing_the_core_process_never_turns_into_not_found_and_the_edge_recove
     config.upstream.timeout = Duration::from_millis(500);
     let edge = start_following_edge(config).await;
     let mut client = client(&edge).await;
-    let source = |response: &merchant_edge::pb::LookupResponse| response.provenance.unwrap().source;
-    let (stale, cache) = (merchant_edge::pb::Source::Stale as i32, merchant_edge::pb::Source::Cache as i32);
+    let (stale, cache) = (merchant_edge::pb::Source::Stale, merchant_edge::pb::Source::Cache);
     assert!(lookup(&mut client, KNOWN).await.unwrap().found);
 
     core.kill().await.unwrap();

@@ -13,10 +13,6 @@ use merchant_edge::metrics::RefusalReason;
 use merchant_edge::pb::{LookupRequest, SetFaultsRequest, Source};
 use tonic::Code;
 
-fn source(response: &merchant_edge::pb::LookupResponse) -> Source {
-    Source::try_from(response.provenance.unwrap().source).unwrap()
-}
-
 fn unknown(index: u64) -> String {
     format!("897{index:012}")
 }

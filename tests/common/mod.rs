@@ -10,7 +10,7 @@ use std::time::Duration;
 use merchant_edge::config::{Config, UpstreamEndpoint};
 use merchant_edge::pb::core_admin_client::CoreAdminClient;
 use merchant_edge::pb::merchant_lookup_client::MerchantLookupClient;
-use merchant_edge::pb::{GetStatsRequest, GetStatsResponse, LookupRequest, LookupResponse, SetFaultsRequest};
+use merchant_edge::pb::{GetStatsRequest, GetStatsResponse, LookupRequest, LookupResponse, SetFaultsRequest, Source};
 use merchant_edge::server::{Edge, RunningEdge};
 use merchant_edge::sim::Simulator;
 use tokio::net::TcpListener;
@@ -109,6 +109,11 @@ pub async fn start_following_edge(config: Config) -> RunningEdge {
 
 pub async fn client(edge: &RunningEdge) -> MerchantLookupClient<Channel> {
     MerchantLookupClient::connect(format!("http://{}", edge.grpc_addr)).await.expect("connect to edge")
+}
+
+/// Which store answered.
+pub fn source(response: &LookupResponse) -> Source {
+    Source::try_from(response.provenance.unwrap().source).unwrap()
 }
 
 pub async fn lookup(client: &mut MerchantLookupClient<Channel>, id: &str) -> Result<LookupResponse, tonic::Status> {
