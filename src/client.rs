@@ -63,7 +63,11 @@ pub async fn lookup_and_print(server: &str, tls: &ClientTls, ids: &[String]) -> 
 /// One line for one answer, readable by a person at a terminal.
 pub fn render(requested: &str, outcome: &Result<LookupResponse, Status>) -> String {
     let response = match outcome {
-        Err(status) => return format!("{requested}  error {:?}: {}", status.code(), status.message()),
+        Err(status) => {
+            let reason = status.metadata().get(crate::status::REASON_HEADER).and_then(|value| value.to_str().ok());
+            let reason = reason.map(|reason| format!("  reason {reason}")).unwrap_or_default();
+            return format!("{requested}  error {:?}: {}{reason}", status.code(), status.message());
+        }
         Ok(response) => response,
     };
     let provenance = response.provenance.unwrap_or_default();
@@ -164,6 +168,11 @@ mod tests {
         assert!(render("898999999999999", &Ok(missing)).contains("NOT FOUND"));
         let error = render("x", &Err(Status::invalid_argument("rule `length`")));
         assert_eq!(error, "x  error InvalidArgument: rule `length`");
+        let status: Status = crate::resolver::LookupError::InvalidId(crate::merchant_id::IdError::Empty {
+            expected: "15 digits".into(),
+        })
+        .into();
+        assert!(render("", &Err(status)).ends_with("reason REASON_ID_EMPTY"));
         assert_eq!(server_url("127.0.0.1:50051", false), "http://127.0.0.1:50051");
         assert_eq!(path_segment("８98 0/1"), "%EF%BC%9898%200%2F1");
         assert_eq!(server_url("edge.bank:50051", true), "https://edge.bank:50051");
