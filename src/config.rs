@@ -249,6 +249,19 @@ pub struct CacheConfig {
     /// cannot be asked (as RFC 8767 does for DNS). "0s" turns serve-stale off. Never applies to "not found".
     #[serde(with = "humantime_serde")]
     pub serve_stale_for: Duration,
+    /// Refresh-ahead: a merchant looked up within this long (at most half the positive TTL) before its
+    /// TTL ends is refreshed from the core in the background (once), so merchants in use never expire
+    /// into a miss. "0s" turns it off.
+    #[serde(with = "humantime_serde")]
+    pub refresh_ahead: Duration,
+}
+
+impl CacheConfig {
+    /// The refresh-ahead window in force: never more than half the TTL, so a short TTL configured
+    /// without thinking of refresh-ahead does not refresh on every hit.
+    pub fn refresh_window(&self) -> Duration {
+        self.refresh_ahead.min(self.positive_ttl / 2)
+    }
 }
 
 impl Default for CacheConfig {
@@ -259,6 +272,7 @@ impl Default for CacheConfig {
             negative_capacity: NonZeroU64::new(100_000).expect("non-zero"),
             negative_ttl: Duration::from_secs(30),
             serve_stale_for: Duration::from_secs(3600),
+            refresh_ahead: Duration::from_secs(60),
         }
     }
 }
@@ -608,6 +622,13 @@ mod tests {
     fn the_example_file_parses_to_the_defaults() {
         let example = include_str!("../config/example.toml");
         assert_eq!(Config::parse(example, "example.toml").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn refresh_ahead_never_covers_more_than_half_the_ttl() {
+        let config = Config::parse("[cache]\npositive_ttl = \"30s\"\n", "t").unwrap();
+        assert_eq!(config.cache.refresh_window(), Duration::from_secs(15), "the 1m default is cut to half the TTL");
+        assert_eq!(Config::default().cache.refresh_window(), Duration::from_secs(60));
     }
 
     #[test]

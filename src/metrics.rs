@@ -346,6 +346,7 @@ pub struct Metrics {
     /// 0 closed, 1 open, 2 half-open.
     pub breaker_state: Gauge,
     pub invalidations: Counter,
+    pub refreshes_ahead: Counter,
 }
 
 impl Default for Metrics {
@@ -393,6 +394,12 @@ impl Default for Metrics {
             "core_retries",
             "Core calls retried after a failure, within the caller's deadline",
             core_retries.clone(),
+        );
+        let refreshes_ahead = Counter::default();
+        registry.register(
+            "refreshes_ahead",
+            "Merchants refreshed from the core in the background because they were looked up close to their TTL",
+            refreshes_ahead.clone(),
         );
         let invalidations = Counter::default();
         registry.register(
@@ -451,6 +458,7 @@ impl Default for Metrics {
             core_retries,
             breaker_state,
             invalidations,
+            refreshes_ahead,
         }
     }
 }

@@ -20,6 +20,10 @@ use crate::store::{Capacities, NegativeEntry, Origin, PositiveEntry, Stored, Sto
 use crate::upstream::{CoreClient, UpstreamError};
 use crate::wire::EncodedMerchant;
 
+/// Refresh-ahead requests waiting; beyond this, hits do not queue more (each refresh is one core call
+/// through the same budget as misses, so a burst of them must not pile up).
+const REFRESHES_QUEUED: usize = 1024;
+
 /// Less time than this left is not worth starting another fill for.
 const MIN_FILL: Duration = Duration::from_millis(5);
 
@@ -62,6 +66,9 @@ pub struct Resolver {
     fills: Fills,
     core: CoreClient,
     guard: CoreGuard,
+    /// Refresh-ahead requests from the hit path, taken by [`Resolver::run_refreshes`].
+    refreshes: tokio::sync::mpsc::Sender<Arc<str>>,
+    refresh_requests: parking_lot::Mutex<Option<tokio::sync::mpsc::Receiver<Arc<str>>>>,
     feed: Arc<FeedStatus>,
     metrics: Arc<Metrics>,
     counters: LookupCounters,
@@ -101,6 +108,10 @@ impl MemoryReader<'_> {
         let id = config.merchant_id.normalise(raw_id).inspect_err(|_| self.count(|tally| tally.invalid_id += 1))?;
         if let Some(entry) = stores.fresh_positive(&id, now, config.cache.positive_ttl) {
             self.count(|tally| tally.cache_hit += 1);
+            let expires_at = entry.learned_at + entry.ttl.min(config.cache.positive_ttl);
+            if expires_at.saturating_duration_since(now) < config.cache.refresh_window() {
+                self.resolver.request_refresh(&id);
+            }
             return Ok(InMemory::Answered(Answer {
                 merchant: Some(entry.merchant),
                 source: Source::Cache,
@@ -150,7 +161,10 @@ pub enum InMemory<'a> {
 impl Resolver {
     pub fn new(config: LiveConfig, core: CoreClient, feed: Arc<FeedStatus>, metrics: Arc<Metrics>) -> Self {
         let stores = Stores::new(capacities(&config.load().cache), &metrics);
+        let (refreshes, refresh_requests) = tokio::sync::mpsc::channel(REFRESHES_QUEUED);
         Self {
+            refreshes,
+            refresh_requests: parking_lot::Mutex::new(Some(refresh_requests)),
             config,
             stores: ArcSwap::from_pointee(stores),
             store_writes: RwLock::new(()),
@@ -160,6 +174,42 @@ impl Resolver {
             feed,
             counters: LookupCounters::new(&metrics),
             metrics,
+        }
+    }
+
+    /// Asks for a background refresh of a merchant close to its TTL (dropped when refreshes are
+    /// already backed up: the entry is still fresh, and later hits ask again).
+    fn request_refresh(&self, id: &str) {
+        let _ = self.refreshes.try_send(Arc::from(id));
+    }
+
+    /// Runs the refresh-ahead requests until the resolver is dropped: each becomes a fill with nobody
+    /// else waiting, unless one is already in flight for the ID (then it is refreshed already).
+    pub async fn run_refreshes(self: Arc<Self>) {
+        let Some(mut requests) = self.refresh_requests.lock().take() else {
+            return;
+        };
+        while let Some(id) = requests.recv().await {
+            // Hits queue a request each until the entry is refreshed; only the first one still finds
+            // it close to its TTL.
+            let cache = self.config.load().cache.clone();
+            let now = Instant::now();
+            let still_due = self.stores().fresh_positive(&id, now, cache.positive_ttl).is_some_and(|entry| {
+                (entry.learned_at + entry.ttl.min(cache.positive_ttl)).saturating_duration_since(now)
+                    < cache.refresh_ahead
+            });
+            if !still_due {
+                continue;
+            }
+            if let Role::Leader(fill) = self.fills.join_or_start(&id, self.feed.applied()) {
+                self.metrics.refreshes_ahead.inc();
+                let waiting = fill.wait_here();
+                let resolver = self.clone();
+                tokio::spawn(async move {
+                    resolver.run_fill(id, fill.clone(), None).await;
+                    drop(waiting);
+                });
+            }
         }
     }
 

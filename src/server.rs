@@ -151,6 +151,15 @@ impl Edge {
             metrics: metrics.clone(),
             readiness: readiness.clone(),
         };
+        let refreshes = resolver.clone().run_refreshes();
+        let refreshes_stop = stop_background.fired();
+        background.spawn(async move {
+            tokio::select! {
+                () = refreshes => {}
+                () = refreshes_stop => {}
+            }
+            Ok(())
+        });
         let follower = Follower::new(core.grpc(), shared.clone());
         let follower_stop = stop_background.fired();
         background.spawn(async move {

@@ -270,3 +270,34 @@ async fn a_flood_of_random_unknown_ids_stays_within_the_core_bounds_and_hot_merc
     assert_eq!(positive, 20, "no hot merchant was evicted");
     assert!(negative <= 100, "the negative store stayed bounded: {negative}");
 }
+
+#[tokio::test]
+async fn a_merchant_looked_up_close_to_its_ttl_is_refreshed_once_in_the_background_and_never_misses() {
+    let core = Core::start(1000).await;
+    let config = protected(&core, |config| {
+        config.cache.positive_ttl = Duration::from_secs(60);
+        config.cache.refresh_ahead = Duration::from_secs(10);
+    });
+    let edge = start_following_edge(config).await;
+    let mut client = client(&edge).await;
+    lookup(&mut client, KNOWN).await.unwrap();
+    advance_clock(Duration::from_secs(30)).await;
+    assert_eq!(source(&lookup(&mut client, KNOWN).await.unwrap()), Source::Cache);
+    assert_eq!(core.stats().await.get_merchant_calls, 1, "not yet within refresh_ahead of the TTL");
+
+    advance_clock(Duration::from_secs(25)).await;
+    for _ in 0..5 {
+        assert_eq!(source(&lookup(&mut client, KNOWN).await.unwrap()), Source::Cache, "answered at once");
+    }
+    wait_until("the refresh reached the core", || async { core.stats().await.get_merchant_calls == 2 }).await;
+    wait_until("the refresh is stored", || async {
+        let answer = lookup(&mut client.clone(), KNOWN).await.unwrap();
+        answer.provenance.unwrap().age_ms < 5_000
+    })
+    .await;
+    advance_clock(Duration::from_secs(10)).await;
+    let after = lookup(&mut client, KNOWN).await.unwrap();
+    assert_eq!(source(&after), Source::Cache, "past the first answer's TTL, still a hit");
+    assert_eq!(core.stats().await.get_merchant_calls, 2, "refreshed once, not once per hit");
+    assert_eq!(edge.metrics.refreshes_ahead.get(), 1);
+}

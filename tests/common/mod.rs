@@ -92,6 +92,8 @@ pub fn edge_config(core_url: &str) -> Config {
     // exactly the core calls they make; tests/resilience.rs sets these itself.
     config.protect.max_attempts = NonZeroU32::new(1).unwrap();
     config.protect.breaker_failures = NonZeroU32::new(u32::MAX).unwrap();
+    // No background refreshes either (tests with short TTLs would see extra core calls).
+    config.cache.refresh_ahead = Duration::ZERO;
     config
 }
 
