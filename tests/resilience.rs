@@ -301,3 +301,28 @@ async fn a_merchant_looked_up_close_to_its_ttl_is_refreshed_once_in_the_backgrou
     assert_eq!(core.stats().await.get_merchant_calls, 2, "refreshed once, not once per hit");
     assert_eq!(edge.metrics.refreshes_ahead.get(), 1);
 }
+
+#[tokio::test]
+async fn calls_beyond_max_concurrent_streams_wait_on_their_connection() {
+    let core = Core::start(1000).await;
+    let config = protected(&core, |config| config.server.max_concurrent_streams = NonZeroU32::new(1).unwrap());
+    let edge = start_following_edge(config).await;
+    let mut shared = client(&edge).await;
+    lookup(&mut shared, KNOWN).await.unwrap();
+    core.set_faults(SetFaultsRequest { hang: true, ..Default::default() }).await;
+    let mut first = shared.clone();
+    let held = tokio::spawn(async move { lookup(&mut first, UNKNOWN).await });
+    wait_until("the core holds the first call", || async { core.stats().await.get_merchant_calls == 2 }).await;
+    let mut second = shared.clone();
+    let queued = tokio::spawn(async move { lookup(&mut second, KNOWN).await });
+    let mut other_connection = client(&edge).await;
+    assert_eq!(
+        source(&lookup(&mut other_connection, KNOWN).await.unwrap()),
+        Source::Cache,
+        "the limit is per connection"
+    );
+    assert!(!queued.is_finished(), "a second call on the full connection waits for a stream");
+    core.set_faults(SetFaultsRequest::default()).await;
+    assert!(!held.await.unwrap().unwrap().found);
+    assert_eq!(source(&queued.await.unwrap().unwrap()), Source::Cache);
+}
