@@ -4,12 +4,16 @@
 //! # Layout
 //! - [`config`]: the TOML config, its defaults and its validation.
 //! - [`merchant_id`]: ID normalisation and the configurable ID rule.
-//! - [`store`]: the bounded positive and negative answer stores.
+//! - [`store`]: the bounded positive (compact, [`store::positive`]) and negative answer stores.
 //! - [`fill`]: in-flight core calls: singleflight and the fence against stale installs.
 //! - [`upstream`]: the client for the bank core's `MerchantCore` contract.
-//! - [`resolver`]: the lookup path tying the above together.
+//! - [`guard`]: protecting the core: bounded calls and queue, retries within deadlines, circuit
+//!   breaker, per-client limits.
+//! - [`resolver`]: the lookup path tying the above together (with serve-stale and refresh-ahead).
 //! - [`feed`]: follows the core's change notices (fence, gaps, resyncs, warm start).
-//! - [`service`]: the terminal-facing `MerchantLookup` gRPC service; [`status`] maps errors to gRPC codes.
+//! - [`service`]: the terminal-facing `MerchantLookup` gRPC service; [`status`] maps errors to gRPC codes
+//!   and answers to reasons.
+//! - [`explain`]: "why was this merchant not found?": the checklist, typo suggestions and a verdict.
 //! - [`readiness`], [`admin`], [`metrics`], [`telemetry`]: what operators see.
 //! - [`reload`]: live config reload (SIGHUP, `POST /reload`, file watch), validated and atomic.
 //! - [`tls`]: TLS and mutual TLS for terminals, with certificates replaced on reload; [`accept`]: the
@@ -17,7 +21,7 @@
 //! - [`shared`]: the handles the parts of a running edge share.
 //! - [`server`]: assembles a running edge from a config and bound listeners, and drains it.
 //! - [`sim`]: the bank-core simulator (`core-sim`, and the embedded default upstream).
-//! - [`client`], [`commands`]: the `lookup` client and the binary's subcommands.
+//! - [`client`], [`commands`]: the `lookup` and `explain` clients and the binary's subcommands.
 //! - [`pb`]: generated protobuf code; [`wire`]: the server's encoding of the lookup contract, with
 //!   merchants encoded once per version.
 pub mod accept;
