@@ -1,7 +1,7 @@
 //! Protecting the bank core: every core call goes through [`CoreGuard::call`], which bounds how many
 //! run and wait (shedding beyond that at once), stops calling a failing core (circuit breaker), retries
 //! failures with backoff and jitter only while the caller's deadline allows, and charges core-bound
-//! lookups to their client ([`CoreGuard::charge`]).
+//! lookups to their client ([`CoreGuard::admit`]).
 mod breaker;
 mod budget;
 mod client_limit;

@@ -7,7 +7,7 @@
 //! numbers, so the ID is stored once (inside the allocation) and a random slot can be sampled for eviction.
 //!
 //! Eviction is sampled LFU: a full shard evicts the least used of a few random slots, preferring
-//! entries past their TTL. Use counts are small (saturating at [`MAX_USES`]) and halve after every
+//! entries past their TTL. Use counts are small (saturating at `MAX_USES`) and halve after every
 //! `AGING_ROUNDS` shard-fulls of evictions, so a scan of IDs seen once evicts other once-seen IDs while
 //! hot merchants keep their counts. A hit on a hot merchant only reads its count, so the hit path writes
 //! nothing but the reference count of the bytes it hands out.
