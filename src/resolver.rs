@@ -20,6 +20,12 @@ use crate::store::{Capacities, NegativeEntry, Origin, PositiveEntry, Stored, Sto
 use crate::upstream::{CoreClient, UpstreamError};
 use crate::wire::EncodedMerchant;
 
+/// Whether a fresh merchant is within the refresh-ahead window of its TTL at `now`.
+fn due_for_refresh(entry: &PositiveEntry, cache: &CacheConfig, now: Instant) -> bool {
+    let expires_at = entry.learned_at + entry.ttl.min(cache.positive_ttl);
+    expires_at.saturating_duration_since(now) < cache.refresh_window()
+}
+
 /// Refresh-ahead requests waiting; beyond this, hits do not queue more (each refresh is one core call
 /// through the same budget as misses, so a burst of them must not pile up).
 const REFRESHES_QUEUED: usize = 1024;
@@ -108,8 +114,7 @@ impl MemoryReader<'_> {
         let id = config.merchant_id.normalise(raw_id).inspect_err(|_| self.count(|tally| tally.invalid_id += 1))?;
         if let Some(entry) = stores.fresh_positive(&id, now, config.cache.positive_ttl) {
             self.count(|tally| tally.cache_hit += 1);
-            let expires_at = entry.learned_at + entry.ttl.min(config.cache.positive_ttl);
-            if expires_at.saturating_duration_since(now) < config.cache.refresh_window() {
+            if due_for_refresh(&entry, &config.cache, now) {
                 self.resolver.request_refresh(&id);
             }
             return Ok(InMemory::Answered(Answer {
@@ -194,10 +199,10 @@ impl Resolver {
             // it close to its TTL.
             let cache = self.config.load().cache.clone();
             let now = Instant::now();
-            let still_due = self.stores().fresh_positive(&id, now, cache.positive_ttl).is_some_and(|entry| {
-                (entry.learned_at + entry.ttl.min(cache.positive_ttl)).saturating_duration_since(now)
-                    < cache.refresh_ahead
-            });
+            let still_due = self
+                .stores()
+                .fresh_positive(&id, now, cache.positive_ttl)
+                .is_some_and(|entry| due_for_refresh(&entry, &cache, now));
             if !still_due {
                 continue;
             }

@@ -203,11 +203,9 @@ pub async fn explain(shared: &Shared, raw_id: &str) -> Explanation {
         as_of_sequence: 0,
     };
     let stored = stores.positive_within(&normalised, now, config.cache.positive_ttl, config.cache.serve_stale_for);
-    let fresh = stored
-        .as_ref()
-        .filter(|entry| now.saturating_duration_since(entry.learned_at) < entry.ttl.min(config.cache.positive_ttl));
+    let fresh = stores.fresh_positive(&normalised, now, config.cache.positive_ttl);
     let reason = match (fresh, negative.as_ref().filter(|entry| entry.answered_from), &answer) {
-        (Some(entry), _, _) => answer_reason(&as_answer(Some(entry.merchant.clone()), Source::Cache)),
+        (Some(entry), _, _) => answer_reason(&as_answer(Some(entry.merchant), Source::Cache)),
         (None, Some(_), _) => Reason::UnknownToCore,
         (None, None, Ok(found)) => answer_reason(&as_answer(
             found.merchant.as_ref().map(crate::wire::EncodedMerchant::encode),
