@@ -1,19 +1,23 @@
 //! The lookup path without the network: a hit, a negative hit, the bookkeeping of a miss (singleflight
 //! slot, publish, fenced install), applying a change notice, ID normalisation, and encoding the answer.
 //! Run: `cargo bench --bench lookup`.
+// criterion's macros generate undocumented public functions.
+#![allow(missing_docs)]
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use merchant_edge::cache::fence::{Filled, Fills, Role};
+use merchant_edge::cache::Cache;
 use merchant_edge::config::Config;
-use merchant_edge::feed::FeedStatus;
-use merchant_edge::fill::{Filled, Fills, Role};
+use merchant_edge::feed::{notice, FeedState};
 use merchant_edge::guard::Caller;
+use merchant_edge::live;
+use merchant_edge::lookup::Resolver;
 use merchant_edge::merchant_id::IdRule;
 use merchant_edge::metrics::Metrics;
 use merchant_edge::pb::{ChangeKind, ChangeNotice};
-use merchant_edge::resolver::Resolver;
 use merchant_edge::sim::dataset::{synthetic_id, synthetic_merchant};
 use merchant_edge::upstream::CoreClient;
 use merchant_edge::wire::EncodedMerchant;
@@ -30,20 +34,27 @@ fn notice(sequence: u64, index: u64, kind: ChangeKind) -> ChangeNotice {
     }
 }
 
+/// Applies one notice as the feed does: read what it says, then hand it to the cache room.
+async fn apply(cache: &Cache, notice: &ChangeNotice) {
+    let change = notice::parse(notice).expect("well-formed notice");
+    cache.apply_change(&notice.merchant_id, change.merchant(), notice.sequence, Duration::MAX).await;
+}
+
 /// A resolver whose stores hold merchants 0..10,000 and not-founds for 10,000..20,000, learned
 /// through change notices; its core is never reached.
 fn resolver(runtime: &tokio::runtime::Runtime) -> Arc<Resolver> {
     runtime.block_on(async {
         let core = CoreClient::connect_lazy("http://127.0.0.1:9", Duration::from_secs(1)).unwrap();
-        let feed = Arc::new(FeedStatus::new());
+        let feed = Arc::new(FeedState::new());
         feed.mark_connected();
         let config = Arc::new(ArcSwap::from_pointee(Config::default()));
-        let resolver = Arc::new(Resolver::new(config, core, feed, Arc::new(Metrics::default())));
+        let metrics = Metrics::default();
+        let cache = Arc::new(Cache::new(live::section(&config, |config| &config.cache), metrics.cache.clone()));
         for index in 0..10_000 {
-            resolver.apply_change(&notice(index + 1, index, ChangeKind::Upsert)).await.unwrap();
-            resolver.apply_change(&notice(index + 1, index + 10_000, ChangeKind::Delete)).await.unwrap();
+            apply(&cache, &notice(index + 1, index, ChangeKind::Upsert)).await;
+            apply(&cache, &notice(index + 1, index + 10_000, ChangeKind::Delete)).await;
         }
-        resolver
+        Arc::new(Resolver::new(config, cache, core, feed, metrics.lookup.clone(), metrics.guard.clone()))
     })
 }
 
@@ -61,7 +72,7 @@ fn lookup(c: &mut Criterion) {
             sequence += 1;
             let change = notice(sequence, sequence % 10_000, ChangeKind::Upsert);
             let resolver = resolver.clone();
-            async move { resolver.apply_change(&change).await.unwrap() }
+            async move { apply(resolver.cache(), &change).await }
         })
     });
 
@@ -79,7 +90,7 @@ fn lookup(c: &mut Criterion) {
                 let resolver = resolver.clone();
                 async move {
                     for notice in &notices {
-                        resolver.apply_change(notice).await.unwrap();
+                        apply(resolver.cache(), notice).await;
                     }
                 }
             },
@@ -94,9 +105,9 @@ fn lookup(c: &mut Criterion) {
     // `lookup/apply notice` measures.
     c.bench_function("lookup/miss bookkeeping", |b| {
         b.iter(|| {
-            let Role::Leader(fill) = fills.join_or_start(&hit, 0) else { unreachable!("no other fill runs") };
+            let Role::Started(fill) = fills.join_or_start(&hit, 0) else { unreachable!("no other fill runs") };
             fill.publish(Ok(answer.clone()));
-            fills.settle(&hit, &fill, Some(&answer), |_| true)
+            fills.settle(&hit, &fill, Some(&answer), |_, _| true)
         })
     });
 

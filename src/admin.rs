@@ -10,14 +10,23 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use tokio::time::Instant;
+use tracing::Instrument;
 
-use crate::metrics::ReloadTrigger;
-use crate::reload::{ReloadError, Reloader};
-use crate::shared::Shared;
+use crate::config::LiveConfig;
+use crate::feed::FeedState;
+use crate::lookup::Resolver;
+use crate::metrics::Metrics;
+use crate::readiness::Readiness;
+use crate::reload::{ReloadError, ReloadTrigger, Reloader};
 
+/// What the admin endpoint reads and acts on.
 #[derive(Clone)]
 pub struct AdminState {
-    pub shared: Shared,
+    pub config: LiveConfig,
+    pub resolver: Arc<Resolver>,
+    pub feed: Arc<FeedState>,
+    pub metrics: Arc<Metrics>,
+    pub readiness: Readiness,
     pub reloader: Arc<Reloader>,
 }
 
@@ -37,12 +46,12 @@ pub fn router(state: AdminState) -> Router {
 /// serving while the feed is down (from memory), so the feed does not decide readiness, but operators
 /// need to see it.
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
-    let (code, verdict) = if state.shared.readiness.is_ready() {
+    let (code, verdict) = if state.readiness.is_ready() {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready: warming up or draining")
     };
-    let feed = &state.shared.feed;
+    let feed = &state.feed;
     let lag = feed.lag(Instant::now());
     let link = if feed.is_connected() { "connected" } else { "DOWN" };
     let body = format!(
@@ -56,18 +65,15 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    let (positive, negative) = state.shared.resolver.stores().entry_counts();
-    state.shared.metrics.set_cache_entries(positive, negative);
-    state.shared.metrics.feed.refresh(&state.shared.feed);
-    (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        state.shared.metrics.encode(),
-    )
+    let (positive, negative) = state.resolver.cache().stores().entry_counts();
+    state.metrics.cache.set_entries(positive, negative);
+    state.metrics.feed.refresh(&state.feed);
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
 }
 
 /// The effective config, every default filled in, as TOML.
 async fn config(State(state): State<AdminState>) -> impl IntoResponse {
-    let config = state.shared.config.load();
+    let config = state.config.load();
     let source = match state.reloader.path() {
         Some(path) => format!("loaded from {}", path.display()),
         None => "the embedded default (no --config)".to_owned(),
@@ -83,7 +89,7 @@ fn may_change_state(peer: IpAddr, allow_remote_changes: bool) -> bool {
 
 /// Refuses a state-changing request from a client that may not make one.
 fn refuse_remote(state: &AdminState, peer: SocketAddr, what: &str) -> Option<Response> {
-    if may_change_state(peer.ip(), state.shared.config.load().admin.allow_remote_changes) {
+    if may_change_state(peer.ip(), state.config.load().admin.allow_remote_changes) {
         return None;
     }
     tracing::warn!(%peer, "refused {what} from a non-loopback client");
@@ -101,7 +107,8 @@ async fn explain(
     if let Some(refused) = refuse_remote(&state, peer, "GET /debug/merchants") {
         return refused;
     }
-    Json(crate::explain::explain(&state.shared, &id).await).into_response()
+    let config = state.config.load_full();
+    Json(crate::explain::explain(&config, &state.resolver, &state.feed, &id).await).into_response()
 }
 
 /// Drops both entries for one ID (manual repair); the next lookup asks the core.
@@ -113,14 +120,13 @@ async fn invalidate(
     if let Some(refused) = refuse_remote(&state, peer, "POST /invalidate") {
         return refused;
     }
-    let id = match state.shared.config.load().merchant_id.normalise(&id) {
+    let id = match state.config.load().merchant_id.normalise(&id) {
         Ok(id) => id.into_owned(),
         Err(error) => {
             return (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": error.to_string() }))).into_response()
         }
     };
-    state.shared.resolver.invalidate(&id).await;
-    state.shared.metrics.invalidations.inc();
+    state.resolver.cache().invalidate(&id).await;
     tracing::info!(%peer, id, "entries invalidated over the admin endpoint");
     (StatusCode::OK, Json(serde_json::json!({ "invalidated": id }))).into_response()
 }
@@ -132,7 +138,8 @@ async fn reload(State(state): State<AdminState>, ConnectInfo(peer): ConnectInfo<
     tracing::info!(%peer, "reload requested over the admin endpoint");
     // In its own task: a client that hangs up must not cancel a reload halfway through.
     let reloader = state.reloader.clone();
-    let reloaded = tokio::spawn(async move { reloader.reload(ReloadTrigger::Admin).await });
+    let span = tracing::info_span!("reload", trigger = "admin", %peer);
+    let reloaded = tokio::spawn(async move { reloader.reload(ReloadTrigger::Admin).await }.instrument(span));
     match reloaded.await.expect("a reload does not panic") {
         Ok(report) => (StatusCode::OK, Json(report)).into_response(),
         Err(error) => {

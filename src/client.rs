@@ -29,6 +29,7 @@ fn read(path: &PathBuf) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
+/// A client of the edge at `server` (host:port), over TLS when `tls` names a CA.
 pub async fn connect(server: &str, tls: &ClientTls) -> Result<MerchantLookupClient<Channel>, String> {
     let url = server_url(server, tls.ca.is_some());
     let mut endpoint =
@@ -64,7 +65,8 @@ pub async fn lookup_and_print(server: &str, tls: &ClientTls, ids: &[String]) -> 
 pub fn render(requested: &str, outcome: &Result<LookupResponse, Status>) -> String {
     let response = match outcome {
         Err(status) => {
-            let reason = status.metadata().get(crate::status::REASON_HEADER).and_then(|value| value.to_str().ok());
+            let reason =
+                status.metadata().get(crate::lookup::outcome::REASON_HEADER).and_then(|value| value.to_str().ok());
             let reason = reason.map(|reason| format!("  reason {reason}")).unwrap_or_default();
             return format!("{requested}  error {:?}: {}{reason}", status.code(), status.message());
         }
@@ -168,10 +170,9 @@ mod tests {
         assert!(render("898999999999999", &Ok(missing)).contains("NOT FOUND"));
         let error = render("x", &Err(Status::invalid_argument("rule `length`")));
         assert_eq!(error, "x  error InvalidArgument: rule `length`");
-        let status: Status = crate::resolver::LookupError::InvalidId(crate::merchant_id::IdError::Empty {
-            expected: "15 digits".into(),
-        })
-        .into();
+        let status: Status =
+            crate::lookup::LookupError::InvalidId(crate::merchant_id::IdError::Empty { expected: "15 digits".into() })
+                .into();
         assert!(render("", &Err(status)).ends_with("reason REASON_ID_EMPTY"));
         assert_eq!(server_url("127.0.0.1:50051", false), "http://127.0.0.1:50051");
         assert_eq!(path_segment("８98 0/1"), "%EF%BC%9898%200%2F1");

@@ -4,9 +4,10 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use tokio::net::TcpListener;
+use tracing::Instrument;
 
 use crate::config::{Config, UpstreamEndpoint};
-use crate::metrics::ReloadTrigger;
+use crate::reload::ReloadTrigger;
 use crate::server::{Drain, Edge};
 use crate::sim::{dataset, Simulator};
 
@@ -42,11 +43,15 @@ pub async fn serve(config_file: Option<&Path>) -> Result<ExitCode, String> {
         let reloader = edge.reloader.clone();
         let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(|e| format!("cannot listen for SIGHUP: {e}"))?;
-        tokio::spawn(async move {
-            while hangups.recv().await.is_some() {
-                let _ = reloader.reload(ReloadTrigger::Signal).await;
+        let span = tracing::info_span!("reload", trigger = "sighup");
+        tokio::spawn(
+            async move {
+                while hangups.recv().await.is_some() {
+                    let _ = reloader.reload(ReloadTrigger::Signal).await;
+                }
             }
-        });
+            .instrument(span),
+        );
     }
     match edge.run_until(termination()).await.map_err(|e| e.to_string())? {
         Drain::Clean => Ok(ExitCode::SUCCESS),

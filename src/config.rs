@@ -2,13 +2,16 @@
 //! (`config/example.toml`), unknown keys rejected, and errors that name the file, line and key.
 use std::fmt;
 use std::net::SocketAddr;
-use std::num::{NonZeroU32, NonZeroU64};
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
+pub use crate::cache::CacheConfig;
+pub use crate::feed::FeedConfig;
+pub use crate::guard::ProtectConfig;
 use crate::merchant_id::IdRule;
 
 /// The config in force, swapped whole by a reload; subsystems read it when they use a setting.
@@ -18,14 +21,23 @@ pub type LiveConfig = std::sync::Arc<ArcSwap<Config>>;
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// The terminal-facing gRPC listener.
     pub server: ServerConfig,
+    /// The operators' HTTP endpoint.
     pub admin: AdminConfig,
+    /// The bank core.
     pub upstream: UpstreamConfig,
+    /// Protecting the bank core.
     pub protect: ProtectConfig,
+    /// The answer stores.
     pub cache: CacheConfig,
+    /// The ID rule.
     pub merchant_id: IdRule,
+    /// The change feed.
     pub feed: FeedConfig,
+    /// Live reload.
     pub reload: ReloadConfig,
+    /// Logging.
     pub log: LogConfig,
 }
 
@@ -80,6 +92,7 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
+    /// Where the endpoint listens (loopback by default).
     pub listen: SocketAddr,
     /// Whether endpoints that change state (`POST /reload`) answer clients other than loopback.
     pub allow_remote_changes: bool,
@@ -137,57 +150,12 @@ impl Default for UpstreamConfig {
     }
 }
 
-/// Protecting the bank core from the edge's own traffic: bounds on core calls, retries, the circuit
-/// breaker and per-client limits. Everything here applies live.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ProtectConfig {
-    /// Most core calls at once.
-    pub max_in_flight: NonZeroU32,
-    /// Most core-bound lookups waiting for a call; beyond this they are shed at once with
-    /// RESOURCE_EXHAUSTED (and a `grpc-retry-pushback-ms` hint). 0: no queue.
-    pub max_queued: u32,
-    /// Attempts per core call (1: no retries). Retries happen only while the caller's deadline allows.
-    pub max_attempts: NonZeroU32,
-    /// Longest pause before the first retry (a random share of it); doubles for each further retry.
-    #[serde(with = "humantime_serde")]
-    pub retry_backoff: Duration,
-    /// Consecutive failed core calls that open the circuit breaker.
-    pub breaker_failures: NonZeroU32,
-    /// How long an open breaker refuses core calls before letting one probe through.
-    #[serde(with = "humantime_serde")]
-    pub breaker_open_for: Duration,
-    /// Core-bound lookups per second allowed to each client; absent: no per-client limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub per_client_rate: Option<NonZeroU32>,
-    /// How many a client may save up beyond the rate (default: one second's worth).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub per_client_burst: Option<NonZeroU32>,
-    /// Request metadata naming the client (e.g. "x-gateway-id"); absent: the peer's IP address.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_key: Option<String>,
-}
-
-impl Default for ProtectConfig {
-    fn default() -> Self {
-        Self {
-            max_in_flight: NonZeroU32::new(64).expect("non-zero"),
-            max_queued: 256,
-            max_attempts: NonZeroU32::new(3).expect("non-zero"),
-            retry_backoff: Duration::from_millis(25),
-            breaker_failures: NonZeroU32::new(5).expect("non-zero"),
-            breaker_open_for: Duration::from_secs(5),
-            per_client_rate: None,
-            per_client_burst: None,
-            client_key: None,
-        }
-    }
-}
-
 /// Where the bank core is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpstreamEndpoint {
+    /// The bank-core simulator, inside the process.
     Embedded,
+    /// A MerchantCore server at this URL.
     Url(String),
 }
 
@@ -229,92 +197,6 @@ impl Serialize for UpstreamEndpoint {
     }
 }
 
-/// The positive and negative stores: separate capacities and TTLs, so a flood of unknown IDs can only
-/// evict negative entries.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CacheConfig {
-    /// Most merchants kept.
-    pub positive_capacity: NonZeroU64,
-    /// How long a merchant is served from memory without asking the core again. Change notices keep
-    /// entries fresh; the TTL is the safety net.
-    #[serde(with = "humantime_serde")]
-    pub positive_ttl: Duration,
-    /// Most "not found" answers kept.
-    pub negative_capacity: NonZeroU64,
-    /// How long a "not found" answer is served from memory.
-    #[serde(with = "humantime_serde")]
-    pub negative_ttl: Duration,
-    /// How long past its TTL a merchant is still answered (source STALE, with its age) when the core
-    /// cannot be asked (as RFC 8767 does for DNS). "0s" turns serve-stale off. Never applies to "not found".
-    #[serde(with = "humantime_serde")]
-    pub serve_stale_for: Duration,
-    /// Refresh-ahead: a merchant looked up within this long (at most half the positive TTL) before its
-    /// TTL ends is refreshed from the core in the background (once), so merchants in use never expire
-    /// into a miss. "0s" turns it off.
-    #[serde(with = "humantime_serde")]
-    pub refresh_ahead: Duration,
-}
-
-impl CacheConfig {
-    /// The refresh-ahead window in force: never more than half the TTL, so a short TTL configured
-    /// without thinking of refresh-ahead does not refresh on every hit.
-    pub fn refresh_window(&self) -> Duration {
-        self.refresh_ahead.min(self.positive_ttl / 2)
-    }
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        Self {
-            positive_capacity: NonZeroU64::new(1_000_000).expect("non-zero"),
-            positive_ttl: Duration::from_secs(600),
-            negative_capacity: NonZeroU64::new(100_000).expect("non-zero"),
-            negative_ttl: Duration::from_secs(30),
-            serve_stale_for: Duration::from_secs(3600),
-            refresh_ahead: Duration::from_secs(60),
-        }
-    }
-}
-
-/// Following the core's change notices.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FeedConfig {
-    /// Load every merchant from the core's snapshot before reporting ready, so a restarted edge does not
-    /// send its whole traffic to the core as misses.
-    pub warm_start: bool,
-    /// While the change stream is down, resyncing or stalled, a "not found" is trusted for at most this
-    /// long (it may be stale: the merchant could have been onboarded meanwhile). `0s` disables negative
-    /// answers from memory while the feed is down.
-    #[serde(with = "humantime_serde")]
-    pub negative_ttl_when_down: Duration,
-    /// First wait before reconnecting a failed stream; doubles (with jitter) up to the maximum.
-    #[serde(with = "humantime_serde")]
-    pub reconnect_initial_backoff: Duration,
-    #[serde(with = "humantime_serde")]
-    pub reconnect_max_backoff: Duration,
-    /// If reads show the core ahead of the applied notices for this long while the stream is open, the
-    /// stream is presumed stuck and reopened.
-    #[serde(with = "humantime_serde")]
-    pub stall_timeout: Duration,
-    /// Merchants per ListMerchants page when loading a snapshot.
-    pub snapshot_page_size: NonZeroU32,
-}
-
-impl Default for FeedConfig {
-    fn default() -> Self {
-        Self {
-            warm_start: true,
-            negative_ttl_when_down: Duration::from_secs(1),
-            reconnect_initial_backoff: Duration::from_millis(100),
-            reconnect_max_backoff: Duration::from_secs(5),
-            stall_timeout: Duration::from_secs(10),
-            snapshot_page_size: NonZeroU32::new(5000).expect("non-zero"),
-        }
-    }
-}
-
 /// Logging.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -333,8 +215,11 @@ impl Default for LogConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
+/// How log lines are written.
 pub enum LogFormat {
+    /// For people: one line per event.
     Text,
+    /// For log pipelines: one JSON object per line, with the span fields.
     Json,
 }
 
@@ -342,9 +227,21 @@ pub enum LogFormat {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    /// The file could not be read.
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why it could not be read.
+        source: std::io::Error,
+    },
     #[error("{}", render_problems(.origin, .problems))]
-    Invalid { origin: String, problems: Vec<Problem> },
+    /// The text is not a valid config.
+    Invalid {
+        /// Where the text came from (usually the file path).
+        origin: String,
+        /// Everything wrong with it.
+        problems: Vec<Problem>,
+    },
 }
 
 /// One thing wrong with a config.
@@ -354,6 +251,7 @@ pub struct Problem {
     pub line: Option<usize>,
     /// Dotted key path, e.g. `cache.negative_ttl`, when known.
     pub key: Option<String>,
+    /// What is wrong, and what would be right.
     pub message: String,
 }
 
@@ -470,35 +368,14 @@ impl Config {
 
     /// The keys whose change takes a restart, with their values here.
     pub fn restart_only(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("server.listen", self.server.listen.to_string()),
-            ("server.max_request_bytes", self.server.max_request_bytes.to_string()),
-            ("server.max_concurrent_streams", self.server.max_concurrent_streams.to_string()),
-            ("server.tls", if self.server.tls.is_some() { "on".into() } else { "off".into() }),
-            ("admin.listen", self.admin.listen.to_string()),
-            ("upstream.endpoint", self.upstream.endpoint.to_string()),
-            ("upstream.connect_timeout", format!("{:?}", self.upstream.connect_timeout)),
-            ("upstream.embedded_merchants", self.upstream.embedded_merchants.to_string()),
-            ("log.format", format!("{:?}", self.log.format)),
-            ("reload.watch_file", self.reload.watch_file.to_string()),
-            ("reload.debounce", format!("{:?}", self.reload.debounce)),
-        ]
+        RESTART_ONLY.iter().map(|key| (key.key, (key.show)(self))).collect()
     }
 
     /// `self` with every restart-only setting taken from `running` (what a reload can apply).
     pub fn with_restart_only_from(mut self, running: &Config) -> Self {
-        self.server.listen = running.server.listen;
-        self.server.max_request_bytes = running.server.max_request_bytes;
-        self.server.max_concurrent_streams = running.server.max_concurrent_streams;
-        if self.server.tls.is_some() != running.server.tls.is_some() {
-            self.server.tls = running.server.tls.clone();
+        for key in RESTART_ONLY {
+            (key.keep)(&mut self, running);
         }
-        self.admin.listen = running.admin.listen;
-        self.upstream.endpoint = running.upstream.endpoint.clone();
-        self.upstream.connect_timeout = running.upstream.connect_timeout;
-        self.upstream.embedded_merchants = running.upstream.embedded_merchants;
-        self.log.format = running.log.format;
-        self.reload = running.reload.clone();
         self
     }
 
@@ -532,6 +409,78 @@ impl Config {
         toml::to_string(self).expect("the config types always serialize")
     }
 }
+
+/// A setting that only takes effect at start: how to show its value, and how a reload keeps the
+/// running one.
+struct RestartOnly {
+    key: &'static str,
+    show: fn(&Config) -> String,
+    keep: fn(&mut Config, &Config),
+}
+
+/// Every restart-only key, listed once.
+const RESTART_ONLY: &[RestartOnly] = &[
+    RestartOnly {
+        key: "server.listen",
+        show: |c| c.server.listen.to_string(),
+        keep: |c, running| c.server.listen = running.server.listen,
+    },
+    RestartOnly {
+        key: "server.max_request_bytes",
+        show: |c| c.server.max_request_bytes.to_string(),
+        keep: |c, running| c.server.max_request_bytes = running.server.max_request_bytes,
+    },
+    RestartOnly {
+        key: "server.max_concurrent_streams",
+        show: |c| c.server.max_concurrent_streams.to_string(),
+        keep: |c, running| c.server.max_concurrent_streams = running.server.max_concurrent_streams,
+    },
+    // Certificates are re-read on reload; turning TLS on or off takes a restart.
+    RestartOnly {
+        key: "server.tls",
+        show: |c| if c.server.tls.is_some() { "on".into() } else { "off".into() },
+        keep: |c, running| {
+            if c.server.tls.is_some() != running.server.tls.is_some() {
+                c.server.tls = running.server.tls.clone();
+            }
+        },
+    },
+    RestartOnly {
+        key: "admin.listen",
+        show: |c| c.admin.listen.to_string(),
+        keep: |c, running| c.admin.listen = running.admin.listen,
+    },
+    RestartOnly {
+        key: "upstream.endpoint",
+        show: |c| c.upstream.endpoint.to_string(),
+        keep: |c, running| c.upstream.endpoint = running.upstream.endpoint.clone(),
+    },
+    RestartOnly {
+        key: "upstream.connect_timeout",
+        show: |c| format!("{:?}", c.upstream.connect_timeout),
+        keep: |c, running| c.upstream.connect_timeout = running.upstream.connect_timeout,
+    },
+    RestartOnly {
+        key: "upstream.embedded_merchants",
+        show: |c| c.upstream.embedded_merchants.to_string(),
+        keep: |c, running| c.upstream.embedded_merchants = running.upstream.embedded_merchants,
+    },
+    RestartOnly {
+        key: "log.format",
+        show: |c| format!("{:?}", c.log.format),
+        keep: |c, running| c.log.format = running.log.format,
+    },
+    RestartOnly {
+        key: "reload.watch_file",
+        show: |c| c.reload.watch_file.to_string(),
+        keep: |c, running| c.reload.watch_file = running.reload.watch_file,
+    },
+    RestartOnly {
+        key: "reload.debounce",
+        show: |c| format!("{:?}", c.reload.debounce),
+        keep: |c, running| c.reload.debounce = running.reload.debounce,
+    },
+];
 
 fn flatten_into(keys: &mut std::collections::BTreeMap<String, String>, prefix: &str, table: &toml::Table) {
     for (key, value) in table {
@@ -727,51 +676,79 @@ mod tests {
             Path,
         }
 
-        const SECTIONS: &[(&str, &[(&str, Kind)])] = &[
-            (
-                "server",
-                &[
-                    ("listen", Kind::Address),
-                    ("max_request_bytes", Kind::Count),
-                    ("max_batch_size", Kind::Count),
-                    ("shutdown_grace", Kind::Duration),
-                ],
-            ),
-            ("server.tls", &[("cert", Kind::Path), ("key", Kind::Path), ("client_ca", Kind::Path)]),
-            ("admin", &[("listen", Kind::Address), ("allow_remote_changes", Kind::Bool)]),
-            (
-                "upstream",
-                &[
-                    ("endpoint", Kind::Endpoint),
-                    ("timeout", Kind::Duration),
-                    ("connect_timeout", Kind::Duration),
-                    ("embedded_merchants", Kind::Count),
-                ],
-            ),
-            (
-                "cache",
-                &[
-                    ("positive_capacity", Kind::Count),
-                    ("positive_ttl", Kind::Duration),
-                    ("negative_capacity", Kind::Count),
-                    ("negative_ttl", Kind::Duration),
-                ],
-            ),
-            ("merchant_id", &[("min_length", Kind::Count), ("max_length", Kind::Count), ("charset", Kind::Charset)]),
-            (
-                "feed",
-                &[
-                    ("warm_start", Kind::Bool),
-                    ("negative_ttl_when_down", Kind::Duration),
-                    ("reconnect_initial_backoff", Kind::Duration),
-                    ("reconnect_max_backoff", Kind::Duration),
-                    ("stall_timeout", Kind::Duration),
-                    ("snapshot_page_size", Kind::Count),
-                ],
-            ),
-            ("reload", &[("watch_file", Kind::Bool), ("debounce", Kind::Duration)]),
-            ("log", &[("level", Kind::Level), ("format", Kind::Format)]),
-        ];
+        /// A config with every optional setting present, so that serializing it lists every key.
+        fn every_key_set() -> Config {
+            let mut config = Config::default();
+            config.server.tls = Some(TlsConfig {
+                cert: "/etc/tls/cert.pem".into(),
+                key: "/etc/tls/key.pem".into(),
+                client_ca: Some("/etc/tls/ca.pem".into()),
+            });
+            config.protect.per_client_rate = NonZeroU32::new(10);
+            config.protect.per_client_burst = NonZeroU32::new(20);
+            config.protect.client_key = Some("x-gateway-id".into());
+            config
+        }
+
+        /// What a key holds, read off its value in the serialized config.
+        fn kind_of(key: &str, value: &toml::Value) -> Kind {
+            match (key, value) {
+                (_, toml::Value::Boolean(_)) => Kind::Bool,
+                (_, toml::Value::Integer(_)) => Kind::Count,
+                ("endpoint", _) => Kind::Endpoint,
+                ("level", _) => Kind::Level,
+                ("format", _) => Kind::Format,
+                ("charset", _) => Kind::Charset,
+                (_, toml::Value::String(text)) if text.parse::<SocketAddr>().is_ok() => Kind::Address,
+                (_, toml::Value::String(text)) if humantime_serde::re::humantime::parse_duration(text).is_ok() => {
+                    Kind::Duration
+                }
+                _ => Kind::Path,
+            }
+        }
+
+        type Section = (&'static str, &'static [(&'static str, Kind)]);
+
+        fn collect_sections(prefix: &str, table: &toml::Table, sections: &mut Vec<Section>) {
+            let leak = |text: String| -> &'static str { Box::leak(text.into_boxed_str()) };
+            let mut keys = Vec::new();
+            for (key, value) in table {
+                match value {
+                    toml::Value::Table(inner) => collect_sections(&format!("{prefix}.{key}"), inner, sections),
+                    value => keys.push((leak(key.clone()), kind_of(key, value))),
+                }
+            }
+            let name = leak(prefix.trim_start_matches('.').to_owned());
+            sections.push((name, Box::leak(keys.into_boxed_slice())));
+        }
+
+        /// Every section and key of the real config types (so the generated documents cannot drift
+        /// from them), each key with what it holds.
+        fn sections() -> &'static [Section] {
+            static SECTIONS: std::sync::OnceLock<Vec<Section>> = std::sync::OnceLock::new();
+            SECTIONS.get_or_init(|| {
+                let toml::Value::Table(top) = toml::Value::try_from(every_key_set()).expect("serializes") else {
+                    unreachable!("a config serializes to a table")
+                };
+                let mut sections = Vec::new();
+                for (name, value) in &top {
+                    if let toml::Value::Table(table) = value {
+                        collect_sections(&format!(".{name}"), table, &mut sections);
+                    }
+                }
+                sections
+            })
+        }
+
+        #[test]
+        fn the_generated_keys_are_the_real_ones() {
+            let names: Vec<&str> = sections().iter().map(|(name, _)| *name).collect();
+            for expected in ["server", "server.tls", "admin", "protect", "cache", "feed", "merchant_id", "log"] {
+                assert!(names.contains(&expected), "{expected} missing from {names:?}");
+            }
+            let protect = sections().iter().find(|(name, _)| *name == "protect").unwrap().1;
+            assert!(protect.iter().any(|(key, _)| *key == "client_key"), "optional keys are listed too");
+        }
 
         /// A TOML value as written in a file, via `toml::Value` so strings are escaped correctly.
         fn toml_text(value: toml::Value) -> String {
@@ -916,9 +893,9 @@ mod tests {
         /// A document of sections (known ones, repeated ones, unknown ones, keys before any header) with
         /// random keys and values.
         fn random_document() -> impl Strategy<Value = String> {
-            let known = prop::sample::select(SECTIONS)
+            let known = prop::sample::select(sections())
                 .prop_flat_map(|(name, keys)| (Just(format!("[{name}]")), section_body(keys)));
-            let unknown = ("[a-z_.]{0,10}", prop::sample::select(SECTIONS)).prop_flat_map(|(name, (_, keys))| {
+            let unknown = ("[a-z_.]{0,10}", prop::sample::select(sections())).prop_flat_map(|(name, (_, keys))| {
                 (
                     prop_oneof![Just(format!("[{name}]")), Just(format!("[[{name}]]")), Just(String::new())],
                     section_body(keys),

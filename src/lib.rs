@@ -2,50 +2,50 @@
 //! asks the bank core once on a miss, and says where every answer came from.
 //!
 //! # Layout
-//! - [`config`]: the TOML config, its defaults and its validation.
-//! - [`merchant_id`]: ID normalisation and the configurable ID rule.
-//! - [`store`]: the bounded positive (compact, [`store::positive`]) and negative answer stores.
-//! - [`fill`]: in-flight core calls: singleflight and the fence against stale installs.
-//! - [`upstream`]: the client for the bank core's `MerchantCore` contract.
+//! Two paths meet in one room:
+//! - **read**: [`lookup`] (the `MerchantLookup` gRPC service → the resolver: memory answer, else the
+//!   core through [`guard`], serve-stale, refresh-ahead) → reads the [`cache`]'s stores.
+//! - **write**: [`feed`] (the core's change notices: order, gaps, resyncs, warm start) → [`cache`].
+//!   Fills from the read path also write only through the [`cache`].
+//! - [`cache`]: the only writer of the answer stores. It owns the positive and negative stores, the
+//!   in-flight fills and the fence ([`cache::fence`]: the one rule for what may be installed).
 //! - [`guard`]: protecting the core: bounded calls and queue, retries within deadlines, circuit
-//!   breaker, per-client limits.
-//! - [`resolver`]: the lookup path tying the above together (with serve-stale and refresh-ahead).
-//! - [`feed`]: follows the core's change notices (fence, gaps, resyncs, warm start).
-//! - [`service`]: the terminal-facing `MerchantLookup` gRPC service; [`status`] maps errors to gRPC codes
-//!   and answers to reasons.
-//! - [`explain`]: "why was this merchant not found?": the checklist, typo suggestions and a verdict.
-//! - [`readiness`], [`admin`], [`metrics`], [`telemetry`]: what operators see.
-//! - [`reload`]: live config reload (SIGHUP, `POST /reload`, file watch), validated and atomic.
-//! - [`tls`]: TLS and mutual TLS for terminals, with certificates replaced on reload; [`accept`]: the
-//!   accept loop that pauses on errors instead of spinning.
-//! - [`shared`]: the handles the parts of a running edge share.
+//!   breaker, per-client limits; [`upstream`]: the client of the core contract.
+//! - [`config`]: the TOML config composed of each subsystem's section (`CacheConfig` in `cache`,
+//!   `FeedConfig` in `feed`, `ProtectConfig` in `guard`), its loading, errors and reload diff;
+//!   [`merchant_id`]: ID normalisation and the ID rule.
+//! - [`metrics`]: the registry composing each subsystem's own metrics (`cache/metrics.rs`, ...).
+//! - operations: readiness and gRPC health, the admin HTTP endpoint (with `explain`: the "why not
+//!   found" checklist), live reload, TLS, logging.
 //! - [`server`]: assembles a running edge from a config and bound listeners, and drains it.
 //! - [`sim`]: the bank-core simulator (`core-sim`, and the embedded default upstream).
 //! - [`client`], [`commands`]: the `lookup` and `explain` clients and the binary's subcommands.
 //! - [`pb`]: generated protobuf code; [`wire`]: the server's encoding of the lookup contract, with
 //!   merchants encoded once per version.
-pub mod accept;
-pub mod admin;
+mod accept;
+mod admin;
+pub mod cache;
 pub mod client;
 pub mod commands;
 pub mod config;
-pub mod explain;
+mod explain;
 pub mod feed;
-pub mod fill;
 pub mod guard;
+pub mod live;
+pub mod lookup;
 pub mod merchant_id;
+mod metric_labels;
 pub mod metrics;
 pub mod pb;
-pub mod readiness;
-pub mod reload;
-pub mod resolver;
+mod readiness;
+mod reload;
 pub mod server;
-pub mod service;
-pub mod shared;
 pub mod sim;
-pub mod status;
-pub mod store;
-pub mod telemetry;
-pub mod tls;
+mod telemetry;
+mod tls;
 pub mod upstream;
 pub mod wire;
+
+pub use readiness::Readiness;
+pub use reload::{ReloadError, ReloadReport, ReloadTrigger, Reloader};
+pub use telemetry::LogControl;

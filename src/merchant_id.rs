@@ -38,6 +38,7 @@ pub struct IdRule {
     pub min_length: usize,
     /// Most characters after normalisation.
     pub max_length: usize,
+    /// Which characters an ID may contain.
     pub charset: Charset,
 }
 
@@ -51,11 +52,29 @@ impl Default for IdRule {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
     #[error("merchant_id is empty; it must be {expected}")]
-    Empty { expected: String },
+    /// Nothing is left after trimming.
+    Empty {
+        /// The rule, in words.
+        expected: String,
+    },
     #[error("merchant_id has {actual} characters after trimming whitespace; rule `length`: it must be {expected}")]
-    Length { actual: usize, expected: String },
+    /// Too short or too long.
+    Length {
+        /// Characters after trimming.
+        actual: usize,
+        /// The rule, in words.
+        expected: String,
+    },
     #[error("merchant_id has {found:?} at position {position}; rule `charset`: it may contain only {allowed}")]
-    Charset { found: char, position: usize, allowed: &'static str },
+    /// A character the rule does not allow.
+    Charset {
+        /// The character.
+        found: char,
+        /// Its position (0-based, after trimming).
+        position: usize,
+        /// What the rule allows, in words.
+        allowed: &'static str,
+    },
 }
 
 /// Longest input the normaliser examines character by character; anything longer is refused by length

@@ -3,14 +3,13 @@ use tokio::sync::watch;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
-use crate::service::LookupService;
-use crate::wire::merchant_lookup_server::MerchantLookupServer;
+use crate::wire::merchant_lookup_server::SERVICE_NAME as LOOKUP_SERVICE;
 
 /// The gRPC health-check name under which the change feed's state is reported.
 pub const FEED_HEALTH_SERVICE: &str = "merchant.v1.ChangeFeed";
-const LOOKUP_SERVICE: &str = <MerchantLookupServer<LookupService> as tonic::server::NamedService>::NAME;
 
 #[derive(Clone)]
+/// Whether the edge takes traffic, for `/readyz` and gRPC health alike.
 pub struct Readiness {
     ready: watch::Sender<bool>,
     /// Once true, nothing makes the edge ready again (a warm start finishing mid-drain must not), and
@@ -25,6 +24,7 @@ impl Readiness {
         Self { ready: watch::Sender::new(false), draining: watch::Sender::new(false), health }
     }
 
+    /// Whether `/readyz` answers 200 now.
     pub fn is_ready(&self) -> bool {
         *self.ready.borrow()
     }
@@ -53,6 +53,7 @@ impl Readiness {
         self.health.set_service_status(FEED_HEALTH_SERVICE, status).await;
     }
 
+    /// Becomes ready (unless draining) or not ready.
     pub async fn set(&self, ready: bool) {
         if ready && self.is_draining() {
             return;

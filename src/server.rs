@@ -13,14 +13,16 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::admin::{self, AdminState};
+use tracing::Instrument;
+
+use crate::cache::Cache;
 use crate::config::{Config, LiveConfig, UpstreamEndpoint};
-use crate::feed::{FeedStatus, Follower};
+use crate::feed::{ChangeFeed, FeedParts, FeedState};
+use crate::live;
+use crate::lookup::{LookupService, Resolver};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::reload::{self, Reloader};
-use crate::resolver::Resolver;
-use crate::service::LookupService;
-use crate::shared::Shared;
 use crate::sim::Simulator;
 use crate::telemetry::LogControl;
 use crate::tls::{self, TlsError, TlsSettings};
@@ -28,20 +30,35 @@ use crate::upstream::CoreClient;
 use crate::wire::merchant_lookup_server::MerchantLookupServer;
 
 #[derive(Debug, thiserror::Error)]
+/// Why an edge could not start or keep serving.
 pub enum ServeError {
     #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind { addr: SocketAddr, what: &'static str, source: std::io::Error },
+    /// A listener could not be bound.
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Which listener (its config key).
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
     #[error("upstream: {0}")]
+    /// The core's address cannot be used.
     Upstream(String),
     #[error(transparent)]
+    /// The TLS files cannot be used.
     Tls(#[from] TlsError),
     #[error("cannot watch the config file: {0}")]
+    /// The config file cannot be watched.
     Watch(#[from] notify::Error),
     #[error("gRPC server failed: {0}")]
+    /// The gRPC server failed.
     Grpc(#[from] tonic::transport::Error),
     #[error("admin endpoint failed: {0}")]
+    /// The admin endpoint failed.
     Admin(std::io::Error),
     #[error("server task failed: {0}")]
+    /// A server task panicked or was cancelled.
     Task(#[from] tokio::task::JoinError),
 }
 
@@ -138,19 +155,20 @@ impl Edge {
             CoreClient::connect_lazy(&core_endpoint, config.upstream.connect_timeout).map_err(ServeError::Upstream)?;
 
         let metrics = Arc::new(Metrics::default());
-        let feed = Arc::new(FeedStatus::new());
-        let resolver = Arc::new(Resolver::new(live.clone(), core.clone(), feed.clone(), metrics.clone()));
+        let cache = Arc::new(Cache::new(live::section(&live, |config| &config.cache), metrics.cache.clone()));
+        let feed = Arc::new(FeedState::new());
+        let resolver = Arc::new(Resolver::new(
+            live.clone(),
+            cache.clone(),
+            core.clone(),
+            feed.clone(),
+            metrics.lookup.clone(),
+            metrics.guard.clone(),
+        ));
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let readiness = Readiness::new(health_reporter);
         readiness.set(false).await;
         readiness.set_feed(false).await;
-        let shared = Shared {
-            config: live.clone(),
-            resolver: resolver.clone(),
-            feed: feed.clone(),
-            metrics: metrics.clone(),
-            readiness: readiness.clone(),
-        };
         let refreshes = resolver.clone().run_refreshes();
         let refreshes_stop = stop_background.fired();
         background.spawn(async move {
@@ -160,17 +178,28 @@ impl Edge {
             }
             Ok(())
         });
-        let follower = Follower::new(core.grpc(), shared.clone());
-        let follower_stop = stop_background.fired();
-        background.spawn(async move {
-            tokio::select! {
-                () = follower.run() => {}
-                () = follower_stop => {}
-            }
-            Ok(())
+        let change_feed = ChangeFeed::new(FeedParts {
+            core: core.grpc(),
+            cache: cache.clone(),
+            state: feed.clone(),
+            readiness: readiness.clone(),
+            settings: live::section(&live, |config| &config.feed),
+            metrics: metrics.feed.clone(),
         });
+        let feed_stop = stop_background.fired();
+        background.spawn(
+            async move {
+                tokio::select! {
+                    () = change_feed.run() => {}
+                    () = feed_stop => {}
+                }
+                Ok(())
+            }
+            .instrument(tracing::info_span!("feed")),
+        );
 
-        let reloader = Arc::new(Reloader::new(config_file, shared.clone(), log, tls.clone()));
+        let reloader =
+            Arc::new(Reloader::new(config_file, live.clone(), cache.clone(), metrics.config.clone(), log, tls.clone()));
         let watcher = match reloader.path() {
             Some(_) if config.reload.watch_file => Some(reload::watch_file(reloader.clone(), config.reload.debounce)?),
             _ => None,
@@ -202,7 +231,14 @@ impl Edge {
             }
         };
 
-        let admin_router = admin::router(AdminState { shared, reloader: reloader.clone() });
+        let admin_router = admin::router(AdminState {
+            config: live.clone(),
+            resolver: resolver.clone(),
+            feed: feed.clone(),
+            metrics: metrics.clone(),
+            readiness: readiness.clone(),
+            reloader: reloader.clone(),
+        });
         let admin_stop = stop_admin.fired();
         let admin_task = tokio::spawn(async move {
             axum::serve(admin, admin_router.into_make_service_with_connect_info::<SocketAddr>())
@@ -245,15 +281,23 @@ impl Edge {
 
 /// A serving edge.
 pub struct RunningEdge {
+    /// Where terminals connect.
     pub grpc_addr: SocketAddr,
+    /// Where the admin endpoint listens.
     pub admin_addr: SocketAddr,
     /// The core's URL (for the embedded simulator, where it listens on loopback).
     pub core_endpoint: String,
+    /// Every metric.
     pub metrics: Arc<Metrics>,
+    /// The lookup path (and through it the cache room).
     pub resolver: Arc<Resolver>,
-    pub feed: Arc<FeedStatus>,
+    /// The change feed's state.
+    pub feed: Arc<FeedState>,
+    /// Readiness and gRPC health.
     pub readiness: Readiness,
+    /// Config reload.
     pub reloader: Arc<Reloader>,
+    /// The config in force.
     pub config: LiveConfig,
     stop_serving: Stop,
     stop_background: Stop,

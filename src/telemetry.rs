@@ -13,6 +13,7 @@ type SetFilter = dyn Fn(&str) -> Result<(), String> + Send + Sync;
 pub struct LogControl(Arc<SetFilter>);
 
 impl LogControl {
+    /// Installs a new level or filter.
     pub fn set_level(&self, level: &str) -> Result<(), String> {
         (self.0)(level)
     }

@@ -14,31 +14,14 @@ pub const INCARNATION_HEADER: &str = "x-core-incarnation";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UpstreamError {
     #[error("the bank core did not answer within {0:?}; retry later")]
+    /// The core did not answer in time.
     Timeout(Duration),
     #[error("the bank core is unreachable or failing ({0}); retry later")]
+    /// The core is unreachable or answered with an error.
     Unavailable(String),
-    #[error("too many lookups are waiting for the bank core; this one was shed: retry in a moment")]
-    Shed,
-    #[error("the bank core is failing, so calls to it are paused (circuit breaker open); retry in {0:?}")]
-    BreakerOpen(Duration),
-    #[error(
-        "client {client} is over its limit of {rate} lookups per second that need the bank core \
-         (protect.per_client_rate); retry in {retry_in:?}"
-    )]
-    ClientLimit { client: String, rate: u32, retry_in: Duration },
     #[error("the call's deadline passed before the bank core answered")]
+    /// The caller's deadline passed first.
     DeadlineExceeded,
-}
-
-impl UpstreamError {
-    /// When the caller may usefully try again, for errors that know.
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            Self::BreakerOpen(after) | Self::ClientLimit { retry_in: after, .. } => Some(*after),
-            Self::Shed => Some(Duration::from_millis(100)),
-            Self::Timeout(_) | Self::Unavailable(_) | Self::DeadlineExceeded => None,
-        }
-    }
 }
 
 /// What the core said about one merchant.
@@ -51,6 +34,7 @@ pub struct CoreAnswer {
 }
 
 #[derive(Clone)]
+/// The client of the core's MerchantCore contract.
 pub struct CoreClient {
     client: MerchantCoreClient<Channel>,
 }

@@ -25,6 +25,7 @@ pub struct EncodedMerchant {
 }
 
 impl EncodedMerchant {
+    /// Encodes `merchant` once.
     pub fn encode(merchant: &pb::Merchant) -> Self {
         Self { bytes: Bytes::from(merchant.encode_to_vec()), status: merchant.status }
     }
@@ -45,6 +46,7 @@ impl EncodedMerchant {
         pb::Merchant::decode(self.bytes.clone()).expect("the edge encoded these bytes itself")
     }
 
+    /// The encoded bytes (shared, not copied).
     pub fn bytes(&self) -> Bytes {
         self.bytes.clone()
     }
@@ -54,6 +56,7 @@ impl EncodedMerchant {
         self.bytes.len()
     }
 
+    /// Whether the encoding is empty (a merchant with every field at its default).
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
     }

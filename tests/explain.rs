@@ -157,7 +157,7 @@ async fn invalidating_an_id_drops_its_entries_and_the_next_lookup_asks_the_core(
     let (status, body) = http_request(edge.admin_addr, "POST", &format!("/invalidate/{UNKNOWN}")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(source(&lookup(&mut client, UNKNOWN).await.unwrap()), Source::Upstream);
-    assert_eq!(edge.metrics.invalidations.get(), 1);
+    assert_eq!(edge.metrics.cache.invalidations.get(), 1);
     let (status, body) = http_request(edge.admin_addr, "POST", "/invalidate/12345").await;
     assert_eq!(status, 400, "a malformed ID changes nothing: {body}");
     assert!(body.contains("rule `length`"), "{body}");

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use merchant_edge::metrics::ResyncReason;
+use merchant_edge::feed::ResyncReason;
 use merchant_edge::pb::merchant_lookup_client::MerchantLookupClient;
 use merchant_edge::pb::{
     DeleteMerchantRequest, LookupResponse, Merchant, MerchantStatus, SetFaultsRequest, Source, UpsertMerchantRequest,
@@ -96,7 +96,7 @@ async fn a_not_found_in_flight_cannot_outlive_the_onboarding_notice() {
     assert!(after.found, "a lookup after the notice must never be answered from the stale not-found");
     assert_eq!(source(&after), Source::Cache, "the notice installed the merchant");
     assert_eq!(after.provenance.unwrap().as_of_sequence, sequence);
-    assert_eq!(edge.metrics.fills_fenced.get(), 1);
+    assert_eq!(edge.metrics.cache.fills_fenced.get(), 1);
     assert_eq!(core.stats().await.get_merchant_calls, 1);
 }
 
@@ -111,7 +111,7 @@ async fn a_found_in_flight_cannot_outlive_the_delete_notice() {
     assert!(!after.found, "the deleted merchant must not come back from the late fill");
     assert_eq!(source(&after), Source::NegativeCache);
     assert_eq!(after.provenance.unwrap().as_of_sequence, sequence);
-    assert_eq!(edge.metrics.fills_fenced.get(), 1);
+    assert_eq!(edge.metrics.cache.fills_fenced.get(), 1);
 }
 
 #[tokio::test]

@@ -132,8 +132,10 @@ async fn concurrent_misses_for_one_id_make_one_core_call() {
             tokio::spawn(async move { lookup(&mut client, UNKNOWN).await })
         })
         .collect();
-    wait_until("63 lookups wait for the first one's core call", || async { edge.metrics.coalesced_waits.get() == 63 })
-        .await;
+    wait_until("63 lookups wait for the first one's core call", || async {
+        edge.metrics.lookup.coalesced_waits.get() == 63
+    })
+    .await;
     assert_eq!(core.stats().await.get_merchant_calls, 1);
     core.set_faults(SetFaultsRequest::default()).await;
     for handle in lookups {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use merchant_edge::config::Config;
 use merchant_edge::guard::BreakerState;
-use merchant_edge::metrics::RefusalReason;
+use merchant_edge::guard::RefusalReason;
 use merchant_edge::pb::{LookupRequest, SetFaultsRequest, Source};
 use tonic::Code;
 
@@ -47,7 +47,7 @@ async fn a_transient_core_error_is_retried_within_the_call() {
     assert!(retried.found);
     assert_eq!(source(&retried), Source::Upstream);
     assert_eq!(core.stats().await.get_merchant_calls, 3);
-    assert_eq!(edge.metrics.core_retries.get(), 1);
+    assert_eq!(edge.metrics.guard.core_retries.get(), 1);
 }
 
 #[tokio::test]
@@ -70,7 +70,7 @@ async fn a_failing_core_opens_the_breaker_which_probes_and_closes_when_it_recove
     assert!(refused.message().contains("circuit breaker"), "{}", refused.message());
     assert!((1..=5000).contains(&pushback_ms(&refused)));
     assert_eq!(core.stats().await.get_merchant_calls, 3, "an open breaker spares the core");
-    assert_eq!(edge.metrics.refusals(RefusalReason::BreakerOpen), 1);
+    assert_eq!(edge.metrics.guard.refusals(RefusalReason::BreakerOpen), 1);
 
     core.set_faults(SetFaultsRequest::default()).await;
     advance_clock(Duration::from_secs(5)).await;
@@ -111,7 +111,7 @@ async fn beyond_the_core_call_bounds_lookups_are_shed_at_once() {
         assert!(!lookup.await.unwrap().unwrap().found, "queued lookups are answered once there is room");
     }
     assert_eq!(core.stats().await.get_merchant_calls, 1 + 4);
-    assert_eq!(edge.metrics.refusals(RefusalReason::QueueFull), 1);
+    assert_eq!(edge.metrics.guard.refusals(RefusalReason::QueueFull), 1);
 }
 
 #[tokio::test]
@@ -213,7 +213,7 @@ async fn one_client_over_its_limit_does_not_take_the_core_budget_from_others() {
     );
     assert!(client.lookup(from("gw-a", KNOWN)).await.is_ok(), "hits are not limited");
     assert!(client.lookup(from("gw-b", &unknown(11))).await.is_ok(), "another gateway keeps its budget");
-    assert_eq!(edge.metrics.refusals(RefusalReason::ClientLimit), 1);
+    assert_eq!(edge.metrics.guard.refusals(RefusalReason::ClientLimit), 1);
 }
 
 #[tokio::test]
@@ -264,9 +264,12 @@ async fn a_flood_of_random_unknown_ids_stays_within_the_core_bounds_and_hot_merc
         }
     }
     assert!(hot_lookups >= 20);
-    assert!(edge.metrics.refusals(RefusalReason::QueueFull) > 0, "24 callers against 4 + 8 places: some were shed");
+    assert!(
+        edge.metrics.guard.refusals(RefusalReason::QueueFull) > 0,
+        "24 callers against 4 + 8 places: some were shed"
+    );
     assert!(core.stats().await.get_merchant_calls <= 20 + 24 * 50);
-    let (positive, negative) = edge.resolver.stores().entry_counts();
+    let (positive, negative) = edge.resolver.cache().stores().entry_counts();
     assert_eq!(positive, 20, "no hot merchant was evicted");
     assert!(negative <= 100, "the negative store stayed bounded: {negative}");
 }
@@ -299,7 +302,7 @@ async fn a_merchant_looked_up_close_to_its_ttl_is_refreshed_once_in_the_backgrou
     let after = lookup(&mut client, KNOWN).await.unwrap();
     assert_eq!(source(&after), Source::Cache, "past the first answer's TTL, still a hit");
     assert_eq!(core.stats().await.get_merchant_calls, 2, "refreshed once, not once per hit");
-    assert_eq!(edge.metrics.refreshes_ahead.get(), 1);
+    assert_eq!(edge.metrics.lookup.refreshes_ahead.get(), 1);
 }
 
 #[tokio::test]

@@ -9,12 +9,15 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::cache::{Filled, Origin};
+use crate::config::Config;
+use crate::feed::FeedState;
+use crate::lookup::outcome::{answer_reason, classify};
+use crate::lookup::{after_core, remembered, stale_merchant, LookupError, Resolver};
 use crate::merchant_id::IdRule;
-use crate::pb::{MerchantStatus, Reason, Source};
-use crate::shared::Shared;
-use crate::status::{answer_reason, error_reason};
-use crate::store::Origin;
+use crate::pb::MerchantStatus;
 use crate::upstream::CoreAnswer;
+use crate::wire::EncodedMerchant;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Explanation {
@@ -96,12 +99,11 @@ fn status_name(status: i32) -> String {
     MerchantStatus::try_from(status).map_or_else(|_| format!("unknown status {status}"), |s| s.as_str_name().into())
 }
 
-/// Walks the checklist for `raw_id` (asking the core once, bypassing the stores).
-pub async fn explain(shared: &Shared, raw_id: &str) -> Explanation {
-    let config = shared.config.load_full();
+/// Walks the checklist for `raw_id` under `config` (asking the core once, bypassing the stores and
+/// core protection: an operator's question, not a terminal's).
+pub async fn explain(config: &Config, resolver: &Resolver, feed: &FeedState, raw_id: &str) -> Explanation {
     let rule = &config.merchant_id;
-    let resolver = &shared.resolver;
-    let stores = resolver.stores();
+    let stores = resolver.cache().stores();
     let started = std::time::Instant::now();
     let typed = IdRule::fold(raw_id);
     // One slip changes the length by at most one: anything further off gets no suggestions (and a
@@ -122,7 +124,6 @@ pub async fn explain(shared: &Shared, raw_id: &str) -> Explanation {
         suggestion_candidates: suggestions.candidates,
         suggestion_micros,
     };
-    let feed = &shared.feed;
     let now = Instant::now();
     let lag = feed.lag(now);
     let feed_view = FeedView {
@@ -136,7 +137,7 @@ pub async fn explain(shared: &Shared, raw_id: &str) -> Explanation {
             .map(|(at, reason)| format!("{reason:?} {:.1}s ago", now.saturating_duration_since(at).as_secs_f64())),
     };
     let Ok(normalised) = normalised else {
-        let reason = error_reason(&crate::resolver::LookupError::InvalidId(normalised.unwrap_err()));
+        let (_, reason) = classify(&LookupError::InvalidId(normalised.unwrap_err()));
         let core =
             CoreView { found: None, version: None, status: None, as_of_sequence: None, latency_ms: 0.0, error: None };
         let verdict = verdict(&id, None, None, &feed_view, &core, None);
@@ -195,26 +196,23 @@ pub async fn explain(shared: &Shared, raw_id: &str) -> Explanation {
             error: Some(error.to_string()),
         },
     };
-    // What a lookup now would answer, worked out without making one (no metrics, no fill).
-    let as_answer = |merchant: Option<crate::wire::EncodedMerchant>, source| crate::resolver::Answer {
-        merchant,
-        source,
-        age: Duration::ZERO,
-        as_of_sequence: 0,
-    };
-    let stored = stores.positive_within(&normalised, now, config.cache.positive_ttl, config.cache.serve_stale_for);
-    let fresh = stores.fresh_positive(&normalised, now, config.cache.positive_ttl);
-    let reason = match (fresh, negative.as_ref().filter(|entry| entry.answered_from), &answer) {
-        (Some(entry), _, _) => answer_reason(&as_answer(Some(entry.merchant), Source::Cache)),
-        (None, Some(_), _) => Reason::UnknownToCore,
-        (None, None, Ok(found)) => answer_reason(&as_answer(
-            found.merchant.as_ref().map(crate::wire::EncodedMerchant::encode),
-            Source::Upstream,
-        )),
-        (None, None, Err(error)) => match &stored {
-            Some(entry) => answer_reason(&as_answer(Some(entry.merchant.clone()), Source::Stale)),
-            None => error_reason(&crate::resolver::LookupError::Upstream(error.clone())),
-        },
+    // What a lookup now would answer, by the lookup path's own decisions without making one (no
+    // metrics, no fill).
+    let reason = match remembered(&stores, config, feed, &normalised, now) {
+        Some(held) => answer_reason(&held.into_answer(now)),
+        None => {
+            let outcome = answer
+                .as_ref()
+                .map(|found| Filled {
+                    merchant: found.merchant.as_ref().map(EncodedMerchant::encode),
+                    as_of_sequence: found.as_of_sequence,
+                })
+                .map_err(|error| error.clone().into());
+            match after_core(outcome, || stale_merchant(&stores, &config.cache, &normalised, now), now) {
+                Ok(answer) => answer_reason(&answer),
+                Err(error) => classify(&error).1,
+            }
+        }
     };
     let stale_window = config.cache.serve_stale_for;
     let verdict =

@@ -11,7 +11,10 @@
 //! - Warm start loads the whole snapshot before the edge reports ready; cold start only learns the
 //!   core's head and incarnation.
 mod backoff;
-mod status;
+mod config;
+mod metrics;
+pub mod notice;
+mod state;
 
 use std::time::{Duration, SystemTime};
 
@@ -19,13 +22,18 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
+use tracing::Instrument;
 
-pub use self::status::{FeedStatus, Lag};
-use crate::config::FeedConfig;
-use crate::metrics::{FeedMetrics, ResyncReason};
+use std::sync::Arc;
+
+pub use self::config::FeedConfig;
+pub use self::metrics::{FeedMetrics, ResyncReason};
+pub use self::state::{FeedState, Lag};
+use crate::cache::Cache;
+use crate::live::Live;
 use crate::pb::merchant_core_client::MerchantCoreClient;
 use crate::pb::{ChangeNotice, ListMerchantsRequest, ListMerchantsResponse, WatchChangesRequest};
-use crate::shared::Shared;
+use crate::readiness::Readiness;
 use crate::upstream::{describe_status, INCARNATION_HEADER};
 use backoff::Backoff;
 
@@ -76,9 +84,31 @@ enum StreamEnd {
     Resync(ResyncReason),
 }
 
-pub struct Follower {
+/// What the feed works with: the cache it writes, the state it keeps for the lookup path, the
+/// readiness it reports, its live settings and its metrics.
+pub struct FeedParts {
+    /// The core whose change stream and snapshots are read.
+    pub core: MerchantCoreClient<Channel>,
+    /// Where changes are applied.
+    pub cache: Arc<Cache>,
+    /// What the lookup path reads about the feed.
+    pub state: Arc<FeedState>,
+    /// Readiness, reported once warm and per the stream's health.
+    pub readiness: Readiness,
+    /// The feed's settings, live.
+    pub settings: Live<FeedConfig>,
+    /// The feed's metrics.
+    pub metrics: FeedMetrics,
+}
+
+/// Follows the core's change stream into the cache.
+pub struct ChangeFeed {
     core: MerchantCoreClient<Channel>,
-    shared: Shared,
+    cache: Arc<Cache>,
+    state: Arc<FeedState>,
+    readiness: Readiness,
+    settings: Live<FeedConfig>,
+    metrics: FeedMetrics,
     /// The core history the stores reflect, once known.
     incarnation: Option<String>,
     /// The applied sequence at the last gaps, and how many gaps in a row happened there.
@@ -88,18 +118,16 @@ pub struct Follower {
 /// Gaps at the same sequence, in a row, that mean the history itself has a hole.
 const GAPS_BEFORE_RESYNC: u32 = 3;
 
-impl Follower {
-    pub fn new(core: MerchantCoreClient<Channel>, shared: Shared) -> Self {
-        Self { core, shared, incarnation: None, gap_streak: (0, 0) }
+impl ChangeFeed {
+    /// A feed that has not synced yet.
+    pub fn new(parts: FeedParts) -> Self {
+        let FeedParts { core, cache, state, readiness, settings, metrics } = parts;
+        Self { core, cache, state, readiness, settings, metrics, incarnation: None, gap_streak: (0, 0) }
     }
 
     /// The feed settings in force now (a reload may change them between streams).
     fn settings(&self) -> FeedConfig {
-        self.shared.config.load().feed.clone()
-    }
-
-    fn feed_metrics(&self) -> &FeedMetrics {
-        &self.shared.metrics.feed
+        self.settings.load().clone()
     }
 
     /// Follows the feed forever (the caller stops it by dropping the future).
@@ -109,7 +137,7 @@ impl Follower {
         let mut pending = Some(if settings.warm_start { Sync::WarmStart } else { Sync::ColdStart });
         loop {
             if let Some(sync) = pending.take() {
-                self.shared.feed.mark_down();
+                self.state.mark_down();
                 if let Err(status) = self.sync(sync).await {
                     tracing::warn!(?sync, error = %describe_status(&status), "feed: sync with the core failed; retrying");
                     pending = Some(sync);
@@ -117,20 +145,20 @@ impl Follower {
                     continue;
                 }
                 if sync == Sync::WarmStart {
-                    self.shared.readiness.set(true).await;
+                    self.readiness.set(true).await;
                 }
             }
             let opened = Instant::now();
             let (end, applied_any) = self.follow_stream().await;
-            self.shared.feed.mark_down();
-            self.shared.readiness.set_feed(false).await;
+            self.state.mark_down();
+            self.readiness.set_feed(false).await;
             match end {
                 StreamEnd::Resync(reason) => {
-                    tracing::warn!(?reason, applied = self.shared.feed.applied(), "feed: resync needed");
+                    tracing::warn!(?reason, applied = self.state.applied(), "feed: resync needed");
                     pending = Some(Sync::Resync(reason));
                 }
                 StreamEnd::Reconnect(why) => {
-                    tracing::warn!(%why, applied = self.shared.feed.applied(), "feed: change stream lost; resuming");
+                    tracing::warn!(%why, applied = self.state.applied(), "feed: change stream lost; resuming");
                 }
             }
             let settings = self.settings();
@@ -139,7 +167,7 @@ impl Follower {
                 backoff.reset();
             }
             backoff.wait().await;
-            self.feed_metrics().reconnects.inc();
+            self.metrics.reconnects.inc();
         }
     }
 
@@ -160,10 +188,10 @@ impl Follower {
             Sync::Resync(reason) => Some(reason),
             Sync::WarmStart | Sync::ColdStart => None,
         };
-        self.shared.resolver.begin_resync(history_changed).await;
+        self.cache.begin_resync(history_changed).await;
         if sync == Sync::ColdStart {
             self.incarnation = Some(incarnation);
-            self.shared.feed.restart_at(sequence);
+            self.state.restart_at(sequence);
             tracing::info!(sequence, "feed: cold start; following changes");
             return Ok(());
         }
@@ -174,7 +202,8 @@ impl Follower {
         let (pages, mut next_pages) = mpsc::channel(2);
         let fetcher = (!page.next_page_token.is_empty()).then(|| {
             request.page_token = page.next_page_token.clone();
-            tokio::spawn(fetch_pages(self.core.clone(), request, pages))
+            let span = tracing::info_span!("snapshot_fetch", ?sync, sequence);
+            tokio::spawn(fetch_pages(self.core.clone(), request, pages).instrument(span))
         });
         let _stop_fetching = fetcher.map(|task| task.abort_handle()).map(AbortOnDrop);
         loop {
@@ -183,18 +212,18 @@ impl Follower {
             }
             merchants += page.merchants.len();
             let last = page.next_page_token.is_empty();
-            self.shared.resolver.install_snapshot(page.merchants, page.as_of_sequence, load_all).await;
+            self.cache.install_snapshot_page(page.merchants, page.as_of_sequence, load_all).await;
             if last {
                 break;
             }
             page = next_pages.recv().await.unwrap_or_else(|| Err(Status::aborted("the snapshot reader stopped")))?;
         }
-        self.shared.resolver.finish_resync(sequence).await;
+        self.cache.finish_resync(sequence).await;
         self.incarnation = Some(incarnation);
-        self.shared.feed.restart_at(sequence);
+        self.state.restart_at(sequence);
         if let Some(reason) = reason {
-            self.feed_metrics().count_resync(reason);
-            self.shared.feed.record_resync(reason);
+            self.metrics.count_resync(reason);
+            self.state.record_resync(reason);
         }
         tracing::info!(?sync, ?reason, merchants, sequence, elapsed = ?started.elapsed(), "feed: snapshot loaded");
         Ok(())
@@ -202,7 +231,7 @@ impl Follower {
 
     /// Reads one stream until it ends; returns why, and whether it applied anything.
     async fn follow_stream(&mut self) -> (StreamEnd, bool) {
-        let after = self.shared.feed.applied();
+        let after = self.state.applied();
         let response = match self.core.watch_changes(WatchChangesRequest { after_sequence: after }).await {
             Ok(response) => response,
             Err(status) => return (self.stream_error(&status), false),
@@ -214,8 +243,8 @@ impl Follower {
             }
         }
         let mut stream = response.into_inner();
-        self.shared.feed.mark_connected();
-        self.shared.readiness.set_feed(true).await;
+        self.state.mark_connected();
+        self.readiness.set_feed(true).await;
         tracing::info!(after, "feed: following changes");
         let mut applied_any = false;
         let mut last_progress = Instant::now();
@@ -243,8 +272,8 @@ impl Follower {
                 }
                 _ = stall_check.tick() => {
                     let now = Instant::now();
-                    if self.shared.feed.behind_for(patience, now) && now.duration_since(last_progress) >= patience {
-                        let lag = self.shared.feed.lag(Instant::now());
+                    if self.state.behind_for(patience, now) && now.duration_since(last_progress) >= patience {
+                        let lag = self.state.lag(Instant::now());
                         return (StreamEnd::Reconnect(format!("stalled: {} notices behind for {:?}", lag.notices, lag.duration)), applied_any);
                     }
                 }
@@ -267,13 +296,13 @@ impl Follower {
         {
             return Err(StreamEnd::Resync(ResyncReason::CoreRestarted));
         }
-        let applied = self.shared.feed.applied();
+        let applied = self.state.applied();
         if notice.sequence <= applied {
-            self.feed_metrics().notices_duplicate.inc();
+            self.metrics.notices_duplicate.inc();
             return Ok(false);
         }
         if notice.sequence != applied + 1 {
-            self.feed_metrics().gaps.inc();
+            self.metrics.gaps.inc();
             let streak = if self.gap_streak.0 == applied { self.gap_streak.1 + 1 } else { 1 };
             self.gap_streak = (applied, streak);
             if streak >= GAPS_BEFORE_RESYNC {
@@ -282,15 +311,21 @@ impl Follower {
             let gap = format!("gap: expected sequence {}, got {}", applied + 1, notice.sequence);
             return Err(StreamEnd::Reconnect(gap));
         }
-        if let Err(problem) = self.shared.resolver.apply_change(notice).await {
-            tracing::error!(%problem, "feed: the core sent a notice the edge cannot apply");
-            return Err(StreamEnd::Resync(ResyncReason::MalformedNotice));
-        }
-        self.shared.feed.set_applied(notice.sequence);
-        self.feed_metrics().notices_applied.inc();
+        let change = match notice::parse(notice) {
+            Ok(change) => change,
+            Err(problem) => {
+                tracing::error!(%problem, "feed: the core sent a notice the edge cannot apply");
+                return Err(StreamEnd::Resync(ResyncReason::MalformedNotice));
+            }
+        };
+        // While the feed is behind, a "not found" it writes is trusted only as long as any other.
+        let negative_cap = self.state.negative_ttl(Duration::MAX, self.settings.load().negative_ttl_when_down);
+        self.cache.apply_change(&notice.merchant_id, change.merchant(), notice.sequence, negative_cap).await;
+        self.state.set_applied(notice.sequence);
+        self.metrics.notices_applied.inc();
         if let Some(committed) = notice.committed_at.and_then(|at| SystemTime::try_from(at).ok()) {
             let delay = SystemTime::now().duration_since(committed).unwrap_or(Duration::ZERO);
-            self.feed_metrics().commit_to_apply.observe(delay.as_secs_f64());
+            self.metrics.commit_to_apply.observe(delay.as_secs_f64());
         }
         Ok(true)
     }

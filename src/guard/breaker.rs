@@ -7,9 +7,13 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The circuit breaker's state.
 pub enum BreakerState {
+    /// Calls go through.
     Closed,
+    /// Calls are refused until the open period ends.
     Open,
+    /// One probe call is in flight; the others are refused.
     HalfOpen,
 }
 

@@ -9,14 +9,7 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-/// Why no permit was granted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
-    /// In-flight calls and the queue are both full.
-    QueueFull,
-    /// The caller's deadline passed while queued.
-    DeadlineExceeded,
-}
+use super::RefusalReason;
 
 #[derive(Default)]
 struct State {
@@ -82,7 +75,12 @@ impl Budget {
     }
 
     /// A place for one core call, waiting in the queue if need be but not past `deadline`.
-    pub async fn acquire(&self, max_in_flight: usize, max_queued: usize, deadline: Instant) -> Result<Permit, Refused> {
+    pub async fn acquire(
+        &self,
+        max_in_flight: usize,
+        max_queued: usize,
+        deadline: Instant,
+    ) -> Result<Permit, RefusalReason> {
         self.max_in_flight.store(max_in_flight, Ordering::Relaxed);
         let receiver = {
             let mut state = self.state.lock();
@@ -96,7 +94,7 @@ impl Budget {
             }
             state.queue.retain(|waiter| !waiter.is_closed());
             if state.queue.len() >= max_queued {
-                return Err(Refused::QueueFull);
+                return Err(RefusalReason::QueueFull);
             }
             let (sender, receiver) = oneshot::channel();
             state.queue.push_back(sender);
@@ -108,7 +106,7 @@ impl Budget {
             Ok(Err(_)) => unreachable!("queued waiters are answered or outlive the budget"),
             // Dropping the receiver leaves a closed sender, skipped by the next release; a permit sent
             // in the same instant is dropped with the receiver and so released again.
-            Err(_) => Err(Refused::DeadlineExceeded),
+            Err(_) => Err(RefusalReason::Deadline),
         }
     }
 }
@@ -132,7 +130,7 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert_eq!(budget.load(), (1, 1));
-        assert_eq!(budget.acquire(1, 1, far()).await.err(), Some(Refused::QueueFull));
+        assert_eq!(budget.acquire(1, 1, far()).await.err(), Some(RefusalReason::QueueFull));
         drop(first);
         assert!(queued.await.unwrap(), "the queued call got the released place");
         assert_eq!(budget.load(), (0, 0));
@@ -143,7 +141,7 @@ mod tests {
         let budget = Budget::default();
         let held = budget.acquire(1, 1, far()).await.unwrap();
         let deadline = Instant::now() + Duration::from_millis(50);
-        assert_eq!(budget.acquire(1, 1, deadline).await.err(), Some(Refused::DeadlineExceeded));
+        assert_eq!(budget.acquire(1, 1, deadline).await.err(), Some(RefusalReason::Deadline));
         drop(held);
         assert_eq!(budget.load(), (0, 0), "the gone waiter was skipped, not handed the place");
         let _again = budget.acquire(1, 1, far()).await.unwrap();

@@ -5,6 +5,9 @@
 mod breaker;
 mod budget;
 mod client_limit;
+mod config;
+mod metrics;
+mod refusal;
 
 use std::future::Future;
 use std::time::Duration;
@@ -13,11 +16,12 @@ use tokio::time::Instant;
 
 use breaker::Breaker;
 pub use breaker::BreakerState;
-use budget::{Budget, Refused};
+use budget::Budget;
 use client_limit::ClientLimits;
+pub use config::ProtectConfig;
+pub use metrics::{CoreCallResult, GuardMetrics};
+pub use refusal::{CoreError, RefusalReason, Refused};
 
-use crate::config::ProtectConfig;
-use crate::metrics::{CoreCallResult, Metrics, RefusalReason};
 use crate::upstream::{CoreAnswer, UpstreamError};
 
 /// Less time than this left before the deadline is not worth a core call.
@@ -35,6 +39,7 @@ pub struct Caller {
 }
 
 #[derive(Default)]
+/// The budget, breaker and client limits every core call goes through.
 pub struct CoreGuard {
     budget: Budget,
     breaker: Breaker,
@@ -42,6 +47,7 @@ pub struct CoreGuard {
 }
 
 impl CoreGuard {
+    /// The circuit breaker's state now.
     pub fn breaker_state(&self) -> BreakerState {
         self.breaker.state()
     }
@@ -54,22 +60,22 @@ impl CoreGuard {
     /// Admits one core-bound lookup: refused at once when the core-call queue is full (before any
     /// work is spent on it: under a flood of unknown IDs most lookups end here), or when the caller's
     /// client is over its limit.
-    pub fn admit(&self, caller: &Caller, protect: &ProtectConfig, metrics: &Metrics) -> Result<(), UpstreamError> {
+    pub fn admit(&self, caller: &Caller, protect: &ProtectConfig, metrics: &GuardMetrics) -> Result<(), Refused> {
         if self.budget.is_full(protect.max_in_flight.get() as usize, protect.max_queued as usize) {
             metrics.count_refusal(RefusalReason::QueueFull);
-            return Err(UpstreamError::Shed);
+            return Err(Refused::shed());
         }
         self.charge(caller, protect, metrics)
     }
 
-    fn charge(&self, caller: &Caller, protect: &ProtectConfig, metrics: &Metrics) -> Result<(), UpstreamError> {
+    fn charge(&self, caller: &Caller, protect: &ProtectConfig, metrics: &GuardMetrics) -> Result<(), Refused> {
         let (Some(client), Some(rate)) = (&caller.client, protect.per_client_rate) else {
             return Ok(());
         };
         let burst = protect.per_client_burst.map_or(rate.get(), |burst| burst.get());
         self.clients.take(client, rate.get(), burst, Instant::now()).map_err(|retry_in| {
             metrics.count_refusal(RefusalReason::ClientLimit);
-            UpstreamError::ClientLimit { client: client.clone(), rate: rate.get(), retry_in }
+            Refused::client_limit(client.clone(), rate.get(), retry_in)
         })
     }
 
@@ -82,10 +88,10 @@ impl CoreGuard {
         protect: &ProtectConfig,
         attempt_timeout: Duration,
         deadline: Instant,
-        metrics: &Metrics,
+        metrics: &GuardMetrics,
         abandoned: impl Future<Output = ()>,
         attempt: Attempt,
-    ) -> Result<CoreAnswer, UpstreamError>
+    ) -> Result<CoreAnswer, CoreError>
     where
         Attempt: Fn(Duration) -> Fut,
         Fut: Future<Output = Result<CoreAnswer, UpstreamError>>,
@@ -93,7 +99,7 @@ impl CoreGuard {
         tokio::pin!(abandoned);
         tokio::select! {
             outcome = self.call_until_deadline(protect, attempt_timeout, deadline, metrics, attempt) => outcome,
-            () = &mut abandoned => Err(UpstreamError::DeadlineExceeded),
+            () = &mut abandoned => Err(UpstreamError::DeadlineExceeded.into()),
         }
     }
 
@@ -102,24 +108,26 @@ impl CoreGuard {
         protect: &ProtectConfig,
         attempt_timeout: Duration,
         deadline: Instant,
-        metrics: &Metrics,
+        metrics: &GuardMetrics,
         attempt: Attempt,
-    ) -> Result<CoreAnswer, UpstreamError>
+    ) -> Result<CoreAnswer, CoreError>
     where
         Attempt: Fn(Duration) -> Fut,
         Fut: Future<Output = Result<CoreAnswer, UpstreamError>>,
     {
-        let refuse = |reason, error| {
-            metrics.count_refusal(reason);
-            error
+        let refuse = |refused: Refused| {
+            metrics.count_refusal(refused.reason);
+            refused
         };
         let _permit = self
             .budget
             .acquire(protect.max_in_flight.get() as usize, protect.max_queued as usize, deadline)
             .await
-            .map_err(|refused| match refused {
-                Refused::QueueFull => refuse(RefusalReason::QueueFull, UpstreamError::Shed),
-                Refused::DeadlineExceeded => refuse(RefusalReason::Deadline, UpstreamError::DeadlineExceeded),
+            .map_err(|reason| {
+                refuse(match reason {
+                    RefusalReason::QueueFull => Refused::shed(),
+                    _ => Refused::deadline(),
+                })
             })?;
         let mut backoff = protect.retry_backoff;
         let mut attempts = 0;
@@ -128,13 +136,11 @@ impl CoreGuard {
             let now = Instant::now();
             let left = deadline.saturating_duration_since(now);
             if left < MIN_ATTEMPT {
-                return Err(UpstreamError::DeadlineExceeded);
+                return Err(UpstreamError::DeadlineExceeded.into());
             }
             let admitted = self.breaker.admit(now);
             self.publish_breaker(metrics);
-            let probe = admitted.map_err(|retry_in| {
-                refuse(RefusalReason::BreakerOpen, UpstreamError::BreakerOpen(retry_in.max(MIN_PUSHBACK)))
-            })?;
+            let probe = admitted.map_err(|retry_in| refuse(Refused::breaker_open(retry_in.max(MIN_PUSHBACK))))?;
             let clipped = left < attempt_timeout;
             let outcome = match attempt(attempt_timeout.min(left)).await {
                 // The caller's deadline ended the attempt, not the core: say so, and do not hold it
@@ -160,13 +166,13 @@ impl CoreGuard {
             self.publish_breaker(metrics);
             let error = match outcome {
                 Ok(answer) => return Ok(answer),
-                Err(UpstreamError::DeadlineExceeded) => return Err(UpstreamError::DeadlineExceeded),
+                Err(UpstreamError::DeadlineExceeded) => return Err(UpstreamError::DeadlineExceeded.into()),
                 Err(error) => error,
             };
             // Full jitter (a random pause up to the backoff) keeps retries from many edges apart.
             let pause = backoff.mul_f64(fastrand::f64());
             if attempts >= protect.max_attempts.get() || Instant::now() + pause + MIN_ATTEMPT >= deadline {
-                return Err(error);
+                return Err(error.into());
             }
             metrics.core_retries.inc();
             tokio::time::sleep(pause).await;
@@ -174,7 +180,7 @@ impl CoreGuard {
         }
     }
 
-    fn publish_breaker(&self, metrics: &Metrics) {
+    fn publish_breaker(&self, metrics: &GuardMetrics) {
         metrics.breaker_state.set(match self.breaker.state() {
             BreakerState::Closed => 0,
             BreakerState::Open => 1,

@@ -14,16 +14,27 @@ use crate::pb::{ChangeKind, ChangeNotice, Merchant, MerchantStatus};
 const MAX_ID_LEN: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why the ledger refused a request.
 pub enum LedgerError {
     #[error("merchant_id must be 1 to {MAX_ID_LEN} characters")]
+    /// The ID is empty or too long.
     BadId,
     #[error("merchant {0} does not exist")]
+    /// No such merchant.
     UnknownMerchant(String),
     #[error(
         "after_sequence {requested} is outside the kept history ({oldest_resumable}..={head}): \
          resync from ListMerchants and resume from its as_of_sequence"
     )]
-    OutOfHistory { requested: u64, oldest_resumable: u64, head: u64 },
+    /// The history asked for is trimmed (or not written yet).
+    OutOfHistory {
+        /// The sequence asked to resume after.
+        requested: u64,
+        /// The oldest sequence one may resume after.
+        oldest_resumable: u64,
+        /// The last sequence.
+        head: u64,
+    },
 }
 
 /// A merchant changed on top of the base data set.
@@ -45,12 +56,15 @@ struct State {
 
 /// One page of the merchant list.
 pub struct Page {
+    /// The merchants of this page.
     pub merchants: Vec<Merchant>,
     /// The last ID of this page when more may follow.
     pub next_after: Option<String>,
+    /// The sequence the snapshot reflects.
     pub as_of_sequence: u64,
 }
 
+/// The simulator's merchants: a synthetic base set with changes on top, and their history.
 pub struct Ledger {
     base_count: u64,
     history_limit: usize,
@@ -77,14 +91,17 @@ impl Ledger {
         }
     }
 
+    /// This history's incarnation (new at every start).
     pub fn incarnation(&self) -> &str {
         &self.incarnation
     }
 
+    /// The last change's sequence.
     pub fn head(&self) -> u64 {
         self.state.read().head
     }
 
+    /// How many merchants exist now.
     pub fn merchants(&self) -> u64 {
         self.state.read().merchants
     }

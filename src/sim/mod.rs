@@ -31,6 +31,7 @@ impl Simulator {
         Self { state: SimState::new(Ledger::new(merchants, history)) }
     }
 
+    /// The simulator's data: the base set and every change on top.
     pub fn ledger(&self) -> &Ledger {
         &self.state.ledger
     }

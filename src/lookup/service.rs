@@ -11,17 +11,18 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::outcome::{answer_reason, classify, CallError};
+use super::resolver::{Answer, InMemory, LookupError, Resolver};
 use crate::config::LiveConfig;
 use crate::guard::Caller;
 use crate::readiness::Readiness;
-use crate::resolver::{Answer, InMemory, LookupError, Resolver};
-use crate::status::{answer_reason, error_reason, lookup_code, CallError};
 use crate::wire::merchant_lookup_server::MerchantLookup;
 use crate::wire::{
     BatchLookupRequest, BatchLookupResponse, BatchLookupResult, LookupError as ResultError, LookupRequest,
     LookupResponse, Provenance,
 };
 
+/// The `MerchantLookup` service.
 pub struct LookupService {
     resolver: Arc<Resolver>,
     config: LiveConfig,
@@ -29,6 +30,7 @@ pub struct LookupService {
 }
 
 impl LookupService {
+    /// Serves lookups through `resolver`.
     pub fn new(resolver: Arc<Resolver>, config: LiveConfig, readiness: Readiness) -> Self {
         Self { resolver, config, readiness }
     }
@@ -110,10 +112,11 @@ fn batch_result(requested_merchant_id: String, answer: Result<Answer, LookupErro
             reason: answer_reason(&answer) as i32,
         },
         Err(error) => {
-            let reason = error_reason(&error) as i32;
+            let (code, reason) = classify(&error);
+            let reason = reason as i32;
             BatchLookupResult {
                 requested_merchant_id,
-                error: Some(ResultError { code: lookup_code(&error) as i32, message: error.to_string(), reason }),
+                error: Some(ResultError { code: code as i32, message: error.to_string(), reason }),
                 reason,
                 ..Default::default()
             }

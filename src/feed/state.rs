@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::metrics::ResyncReason;
+use super::ResyncReason;
 
 /// Marks an instant slot as empty.
 const NEVER: u64 = u64::MAX;
 
-pub struct FeedStatus {
+/// The feed's state, read by the lookup path and the operators' views.
+pub struct FeedState {
     /// Instants are kept as nanoseconds since this, so they fit in atomics.
     origin: Instant,
     applied: AtomicU64,
@@ -27,18 +28,19 @@ pub struct FeedStatus {
 /// How far the edge trails the core.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Lag {
+    /// Changes the core has shown that are not applied yet.
     pub notices: u64,
     /// How long the edge has been behind (or the feed down, whichever is longer); zero when caught up.
     pub duration: Duration,
 }
 
-impl Default for FeedStatus {
+impl Default for FeedState {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl FeedStatus {
+impl FeedState {
     /// Starts down: nothing is trusted until the feed has synced and connected.
     pub fn new() -> Self {
         Self {
@@ -59,14 +61,17 @@ impl FeedStatus {
         (nanos != NEVER).then(|| self.origin + Duration::from_nanos(nanos))
     }
 
+    /// The last sequence applied.
     pub fn applied(&self) -> u64 {
         self.applied.load(Ordering::Acquire)
     }
 
+    /// The highest sequence the core has shown.
     pub fn head(&self) -> u64 {
         self.head.load(Ordering::Acquire)
     }
 
+    /// Records that `sequence` (the next in order) is applied.
     pub fn set_applied(&self, sequence: u64) {
         self.applied.store(sequence, Ordering::Release);
         self.observe_head(sequence);
@@ -100,11 +105,13 @@ impl FeedStatus {
         }
     }
 
+    /// The stream is down (from now, unless it already was).
     pub fn mark_down(&self) {
         let now = self.encode(Instant::now());
         let _ = self.down_since.compare_exchange(NEVER, now, Ordering::AcqRel, Ordering::Acquire);
     }
 
+    /// Whether the stream is open.
     pub fn is_connected(&self) -> bool {
         self.down_since.load(Ordering::Acquire) == NEVER
     }
@@ -147,14 +154,17 @@ impl FeedStatus {
                 .is_some_and(|since| now.saturating_duration_since(since) >= patience)
     }
 
+    /// Remembers a resync, for explaining answers.
     pub fn record_resync(&self, reason: ResyncReason) {
         *self.last_resync.lock() = Some((Instant::now(), reason));
     }
 
+    /// The last resync after the first sync: when, and why.
     pub fn last_resync(&self) -> Option<(Instant, ResyncReason)> {
         *self.last_resync.lock()
     }
 
+    /// How far the edge trails the core at `now`.
     pub fn lag(&self, now: Instant) -> Lag {
         let notices = self.head().saturating_sub(self.applied());
         let duration = self.untrusted_since().map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
@@ -170,7 +180,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn negatives_are_trusted_briefly_while_the_feed_is_down() {
-        let status = FeedStatus::new();
+        let status = FeedState::new();
         status.mark_connected();
         let learned = Instant::now();
         tokio::time::advance(Duration::from_secs(20)).await;
@@ -192,7 +202,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn lag_counts_notices_and_time_behind() {
-        let status = FeedStatus::new();
+        let status = FeedState::new();
         status.restart_at(10);
         status.mark_connected();
         assert_eq!(status.lag(Instant::now()), Lag { notices: 0, duration: Duration::ZERO });
@@ -210,7 +220,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_reconnect_behind_the_core_does_not_renew_trust() {
-        let status = FeedStatus::new();
+        let status = FeedState::new();
         status.mark_connected();
         let learned = Instant::now();
         status.mark_down();
@@ -228,7 +238,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_head_seen_before_its_notice_briefly_narrows_trust() {
-        let status = FeedStatus::new();
+        let status = FeedState::new();
         status.mark_connected();
         let learned = Instant::now();
         tokio::time::advance(Duration::from_secs(60)).await;

@@ -8,6 +8,9 @@
 //! now: a shortened TTL applies at once to entries already stored, a lengthened one to entries stored
 //! from then on (so reloads never need to touch entries), and tests can move time with tokio's paused
 //! clock. Capacities change by building new stores from the old ones ([`Stores::migrated`]).
+//!
+//! Only the cache room writes: every write method is visible to [`crate::cache`] alone, which calls
+//! them under the fence.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,9 +18,9 @@ use moka::notification::RemovalCause;
 use moka::sync::Cache;
 use tokio::time::Instant;
 
-use crate::metrics::{EvictionCause, Metrics, StoreLabel};
+use super::metrics::{CacheMetrics, EvictionCause, StoreLabel};
 
-pub mod positive;
+mod positive;
 
 pub use positive::PositiveEntry;
 use positive::PositiveStore;
@@ -25,10 +28,13 @@ use positive::PositiveStore;
 /// The core's "no such merchant".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NegativeEntry {
+    /// The core sequence the "not found" reflects.
     pub as_of_sequence: u64,
+    /// When the edge learned it.
     pub learned_at: Instant,
     /// The negative TTL when it was stored (shorter while the change feed cannot be trusted).
     pub ttl: Duration,
+    /// How the edge learned it.
     pub origin: Origin,
 }
 
@@ -67,11 +73,14 @@ fn within_ttl(learned_at: Instant, stamped: Duration, configured: Duration, now:
 /// What a store holds for an ID, with the core sequence it reflects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stored {
+    /// A merchant, as of this sequence.
     Positive(u64),
+    /// A "not found", as of this sequence.
     Negative(u64),
 }
 
 impl Stored {
+    /// The core sequence the stored entry reflects.
     pub fn as_of_sequence(self) -> u64 {
         match self {
             Self::Positive(sequence) | Self::Negative(sequence) => sequence,
@@ -82,17 +91,20 @@ impl Stored {
 /// Most entries each store holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capacities {
+    /// Most merchants.
     pub positive: u64,
+    /// Most "not found" answers.
     pub negative: u64,
 }
 
+/// The positive and negative stores, read by lookups and written by the cache room only.
 pub struct Stores {
     positive: PositiveStore,
     negative: Cache<Arc<str>, NegativeEntry>,
     capacities: Capacities,
 }
 
-fn negative_store(capacity: u64, metrics: &Arc<Metrics>) -> Cache<Arc<str>, NegativeEntry> {
+fn negative_store(capacity: u64, metrics: &CacheMetrics) -> Cache<Arc<str>, NegativeEntry> {
     let metrics = metrics.clone();
     Cache::builder()
         .max_capacity(capacity)
@@ -109,7 +121,7 @@ fn negative_store(capacity: u64, metrics: &Arc<Metrics>) -> Cache<Arc<str>, Nega
         .build()
 }
 
-fn positive_store(capacity: u64, epoch: Instant, metrics: &Arc<Metrics>) -> PositiveStore {
+fn positive_store(capacity: u64, epoch: Instant, metrics: &CacheMetrics) -> PositiveStore {
     let metrics = metrics.clone();
     PositiveStore::new(
         capacity,
@@ -119,7 +131,7 @@ fn positive_store(capacity: u64, epoch: Instant, metrics: &Arc<Metrics>) -> Posi
 }
 
 impl Stores {
-    pub fn new(capacities: Capacities, metrics: &Arc<Metrics>) -> Self {
+    pub(super) fn new(capacities: Capacities, metrics: &CacheMetrics) -> Self {
         Self {
             positive: positive_store(capacities.positive, Instant::now(), metrics),
             negative: negative_store(capacities.negative, metrics),
@@ -129,7 +141,7 @@ impl Stores {
 
     /// New stores holding every entry of `old` that fits (the caller keeps writers out meanwhile). When
     /// shrinking, each store's eviction policy decides which entries stay.
-    pub fn migrated(capacities: Capacities, metrics: &Arc<Metrics>, old: &Stores) -> Self {
+    pub(super) fn migrated(capacities: Capacities, metrics: &CacheMetrics, old: &Stores) -> Self {
         let stores = Self {
             // The old epoch, so that every entry's learned_at still fits.
             positive: positive_store(capacities.positive, old.positive.epoch(), metrics),
@@ -143,6 +155,7 @@ impl Stores {
         stores
     }
 
+    /// The capacities the stores were built with.
     pub fn capacities(&self) -> Capacities {
         self.capacities
     }
@@ -163,7 +176,7 @@ impl Stores {
     }
 
     /// Stores a merchant and forgets any "not found" for it (`held` is what [`Self::stored`] said).
-    pub fn put_positive(&self, id: Arc<str>, entry: PositiveEntry, held: Option<Stored>) {
+    pub(super) fn put_positive(&self, id: Arc<str>, entry: PositiveEntry, held: Option<Stored>) {
         if !matches!(held, Some(Stored::Positive(_))) {
             self.negative.invalidate(&id);
         }
@@ -171,7 +184,7 @@ impl Stores {
     }
 
     /// Stores a "not found" and forgets any merchant for that ID (`held` is what [`Self::stored`] said).
-    pub fn put_negative(&self, id: Arc<str>, entry: NegativeEntry, held: Option<Stored>) {
+    pub(super) fn put_negative(&self, id: Arc<str>, entry: NegativeEntry, held: Option<Stored>) {
         if !matches!(held, Some(Stored::Negative(_))) {
             self.positive.remove(&id);
         }
@@ -179,7 +192,7 @@ impl Stores {
     }
 
     /// Forgets everything about one ID.
-    pub fn remove(&self, id: &str) {
+    pub(super) fn remove(&self, id: &str) {
         self.positive.remove(id);
         self.negative.invalidate(id);
     }
@@ -194,24 +207,25 @@ impl Stores {
         }
     }
 
+    /// Whether a merchant is stored for `id`, fresh or not.
     pub fn holds_positive(&self, id: &str) -> bool {
         self.positive.contains(id)
     }
 
     /// Forgets every "not found" (after the feed lost track of changes, none of them can be trusted).
-    pub fn clear_negative(&self) {
+    pub(super) fn clear_negative(&self) {
         self.negative.invalidate_all();
     }
 
     /// Forgets everything (the core's history was replaced: sequences are no longer comparable).
-    pub fn clear_all(&self) {
+    pub(super) fn clear_all(&self) {
         self.positive.remove_where(|_| true);
         self.negative.invalidate_all();
     }
 
     /// Forgets merchants stored before `sequence` that a snapshot taken at `sequence` did not refresh:
     /// they were deleted while the feed was out of step.
-    pub fn drop_positives_older_than(&self, sequence: u64) {
+    pub(super) fn drop_positives_older_than(&self, sequence: u64) {
         self.positive.remove_where(|entry| entry.as_of_sequence < sequence);
     }
 
@@ -231,7 +245,7 @@ mod tests {
     const LONG: Duration = Duration::from_secs(60);
 
     fn stores(negative: u64) -> Stores {
-        Stores::new(Capacities { positive: 1000, negative }, &Arc::new(Metrics::default()))
+        Stores::new(Capacities { positive: 1000, negative }, &CacheMetrics::default())
     }
 
     fn merchant(id: &str) -> PositiveEntry {
@@ -299,11 +313,11 @@ mod tests {
             old.put_positive(format!("known{i}").into(), merchant("k"), None);
             old.put_negative(format!("unknown{i}").into(), not_found(LONG), None);
         }
-        let grown = Stores::migrated(Capacities { positive: 2000, negative: 200 }, &Arc::new(Metrics::default()), &old);
+        let grown = Stores::migrated(Capacities { positive: 2000, negative: 200 }, &CacheMetrics::default(), &old);
         assert_eq!(grown.entry_counts(), (20, 20));
         let entry = grown.fresh_positive("known3", Instant::now(), LONG).unwrap();
         assert_eq!(entry.as_of_sequence, 1, "entries move with their stamps");
-        let shrunk = Stores::migrated(Capacities { positive: 5, negative: 5 }, &Arc::new(Metrics::default()), &old);
+        let shrunk = Stores::migrated(Capacities { positive: 5, negative: 5 }, &CacheMetrics::default(), &old);
         let (positive, negative) = shrunk.entry_counts();
         assert!(positive <= 5 && negative <= 5, "{positive} {negative}");
     }

@@ -20,7 +20,7 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 use parking_lot::RwLock;
 use tokio::time::Instant;
 
-use crate::metrics::EvictionCause;
+use crate::cache::metrics::EvictionCause;
 use crate::wire::EncodedMerchant;
 
 /// Use counts saturate here: enough to tell hot from once-seen, and a saturated count is never written.
@@ -41,6 +41,7 @@ pub struct PositiveEntry {
     pub merchant: EncodedMerchant,
     /// The core sequence the record reflects.
     pub as_of_sequence: u64,
+    /// When the edge learned it from the core.
     pub learned_at: Instant,
     /// The positive TTL when it was stored.
     pub ttl: Duration,
@@ -318,10 +319,6 @@ impl PositiveStore {
 
     pub fn len(&self) -> u64 {
         self.len.load(Ordering::Relaxed)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -1,11 +1,13 @@
-//! The one place where edge errors become gRPC statuses. An unreachable core is UNAVAILABLE, never
+//! The one place where lookup outcomes become what a terminal sees: errors become gRPC codes with a
+//! reason, and answers get the reason that explains them. An unreachable core is UNAVAILABLE, never
 //! NOT_FOUND: "not found" is an answer (OK with `found = false`), not an error.
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
+use super::resolver::{Answer, LookupError};
+use crate::guard::{CoreError, RefusalReason};
 use crate::merchant_id::IdError;
 use crate::pb::{MerchantStatus, Reason, Source};
-use crate::resolver::{Answer, LookupError};
 use crate::upstream::UpstreamError;
 
 /// Response metadata naming the reason (a `merchant.v1.Reason` name) of a failed unary Lookup.
@@ -26,14 +28,23 @@ pub fn answer_reason(answer: &Answer) -> Reason {
     }
 }
 
-/// Why a lookup has no answer (see `merchant.v1.Reason`).
-pub fn error_reason(error: &LookupError) -> Reason {
+/// The gRPC code and the reason (see `merchant.v1.Reason`) of a lookup that has no answer.
+pub fn classify(error: &LookupError) -> (Code, Reason) {
     match error {
-        LookupError::InvalidId(IdError::Empty { .. }) => Reason::IdEmpty,
-        LookupError::InvalidId(IdError::Length { .. }) => Reason::IdLength,
-        LookupError::InvalidId(IdError::Charset { .. }) => Reason::IdCharset,
-        LookupError::Upstream(UpstreamError::Shed | UpstreamError::ClientLimit { .. }) => Reason::CoreBusy,
-        LookupError::Upstream(_) => Reason::CoreUnreachable,
+        LookupError::InvalidId(IdError::Empty { .. }) => (Code::InvalidArgument, Reason::IdEmpty),
+        LookupError::InvalidId(IdError::Length { .. }) => (Code::InvalidArgument, Reason::IdLength),
+        LookupError::InvalidId(IdError::Charset { .. }) => (Code::InvalidArgument, Reason::IdCharset),
+        LookupError::Core(CoreError::Refused(refused)) => match refused.reason {
+            RefusalReason::QueueFull | RefusalReason::ClientLimit => (Code::ResourceExhausted, Reason::CoreBusy),
+            RefusalReason::BreakerOpen => (Code::Unavailable, Reason::CoreUnreachable),
+            RefusalReason::Deadline => (Code::DeadlineExceeded, Reason::CoreUnreachable),
+        },
+        LookupError::Core(CoreError::Upstream(UpstreamError::DeadlineExceeded)) => {
+            (Code::DeadlineExceeded, Reason::CoreUnreachable)
+        }
+        LookupError::Core(CoreError::Upstream(UpstreamError::Timeout(_) | UpstreamError::Unavailable(_))) => {
+            (Code::Unavailable, Reason::CoreUnreachable)
+        }
     }
 }
 
@@ -44,26 +55,22 @@ pub const RETRY_PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
     #[error("batch has {got} merchant_ids; at most {max} are accepted per BatchLookup (server.max_batch_size): split the batch")]
-    BatchTooLarge { got: usize, max: usize },
-}
-
-pub fn lookup_code(error: &LookupError) -> Code {
-    match error {
-        LookupError::InvalidId(_) => Code::InvalidArgument,
-        LookupError::Upstream(UpstreamError::Shed | UpstreamError::ClientLimit { .. }) => Code::ResourceExhausted,
-        LookupError::Upstream(UpstreamError::DeadlineExceeded) => Code::DeadlineExceeded,
-        LookupError::Upstream(
-            UpstreamError::Timeout(_) | UpstreamError::Unavailable(_) | UpstreamError::BreakerOpen(_),
-        ) => Code::Unavailable,
-    }
+    /// More IDs than `server.max_batch_size`.
+    BatchTooLarge {
+        /// IDs in the batch.
+        got: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 impl From<LookupError> for Status {
     fn from(error: LookupError) -> Self {
-        let mut status = Status::new(lookup_code(&error), error.to_string());
-        status.metadata_mut().insert(REASON_HEADER, MetadataValue::from_static(error_reason(&error).as_str_name()));
-        if let LookupError::Upstream(upstream) = &error {
-            if let Some(after) = upstream.retry_after() {
+        let (code, reason) = classify(&error);
+        let mut status = Status::new(code, error.to_string());
+        status.metadata_mut().insert(REASON_HEADER, MetadataValue::from_static(reason.as_str_name()));
+        if let LookupError::Core(core) = &error {
+            if let Some(after) = core.retry_after() {
                 let millis = MetadataValue::from(u64::try_from(after.as_millis()).unwrap_or(u64::MAX));
                 status.metadata_mut().insert(RETRY_PUSHBACK_HEADER, millis);
             }

@@ -9,10 +9,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::{mpsc, Mutex};
+use tracing::Instrument;
 
-use crate::config::{Config, ConfigError};
-use crate::metrics::ReloadTrigger;
-use crate::shared::Shared;
+mod metrics;
+
+pub use self::metrics::{ConfigMetrics, ReloadTrigger};
+use crate::cache::Cache;
+use crate::config::{Config, ConfigError, LiveConfig};
 use crate::telemetry::LogControl;
 use crate::tls::{self, TlsError, TlsSettings};
 
@@ -20,10 +23,13 @@ use crate::tls::{self, TlsError, TlsSettings};
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
     #[error("no config file to reload: the edge was started without --config (on the embedded default)")]
+    /// The edge runs on the embedded default: there is no file to reload.
     NoFile,
     #[error(transparent)]
+    /// The file does not hold a valid config.
     Invalid(#[from] ConfigError),
     #[error(transparent)]
+    /// The TLS files it names cannot be used.
     Tls(#[from] TlsError),
 }
 
@@ -38,9 +44,12 @@ pub struct ReloadReport {
     pub config_hash: String,
 }
 
+/// Reloads the config file: validated whole, swapped atomically, applied.
 pub struct Reloader {
     path: Option<PathBuf>,
-    shared: Shared,
+    config: LiveConfig,
+    cache: Arc<Cache>,
+    metrics: ConfigMetrics,
     log: Option<LogControl>,
     tls: Option<Arc<TlsSettings>>,
     /// One reload at a time, whatever triggered it.
@@ -48,11 +57,20 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    pub fn new(path: Option<PathBuf>, shared: Shared, log: Option<LogControl>, tls: Option<Arc<TlsSettings>>) -> Self {
-        shared.metrics.config.loaded(&shared.config.load().hash());
-        Self { path, shared, log, tls, serial: Mutex::new(()) }
+    /// A reloader for the config in `path` (none: the embedded default).
+    pub fn new(
+        path: Option<PathBuf>,
+        config: LiveConfig,
+        cache: Arc<Cache>,
+        metrics: ConfigMetrics,
+        log: Option<LogControl>,
+        tls: Option<Arc<TlsSettings>>,
+    ) -> Self {
+        metrics.loaded(&config.load().hash());
+        Self { path, config, cache, metrics, log, tls, serial: Mutex::new(()) }
     }
 
+    /// The config file, if the edge has one.
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
     }
@@ -63,7 +81,7 @@ impl Reloader {
         let result = self.reload_file().await;
         // Without a file nothing was tried, and the running config is not in doubt.
         if !matches!(result, Err(ReloadError::NoFile)) {
-            self.shared.metrics.config.reloaded(trigger, result.is_ok());
+            self.metrics.reloaded(trigger, result.is_ok());
         }
         match &result {
             Ok(report) => tracing::info!(
@@ -81,7 +99,7 @@ impl Reloader {
     async fn reload_file(&self) -> Result<ReloadReport, ReloadError> {
         let path = self.path.as_ref().ok_or(ReloadError::NoFile)?;
         let wanted = Config::load(path)?;
-        let running = self.shared.config.load_full();
+        let running = self.config.load_full();
         let next = wanted.clone().with_restart_only_from(&running);
         let restart_required: Vec<String> = wanted
             .restart_only()
@@ -97,7 +115,7 @@ impl Reloader {
         };
         let applied = next.changed_keys(&running);
         let config_hash = next.hash();
-        self.shared.config.store(Arc::new(next.clone()));
+        self.config.store(Arc::new(next.clone()));
         if let Some((settings, config)) = tls {
             settings.replace(config);
         }
@@ -107,14 +125,14 @@ impl Reloader {
                 tracing::warn!(%error, "log level not changed");
             }
         }
-        if self.shared.resolver.apply_capacities(&next.cache).await {
+        if self.cache.resize(&next.cache).await {
             tracing::info!(
                 positive = %next.cache.positive_capacity,
                 negative = %next.cache.negative_capacity,
                 "stores rebuilt for the new capacities; entries migrated"
             );
         }
-        self.shared.metrics.config.loaded(&config_hash);
+        self.metrics.loaded(&config_hash);
         Ok(ReloadReport { applied, restart_required, config_hash })
     }
 }
@@ -147,23 +165,27 @@ pub fn watch_file(reloader: Arc<Reloader>, debounce: Duration) -> notify::Result
         }
     })?;
     watcher.watch(&directory, notify::RecursiveMode::NonRecursive)?;
-    tokio::spawn(async move {
-        let mut loaded = tokio::fs::read(&path).await.ok();
-        while changed.recv().await.is_some() {
-            let settle_by = tokio::time::Instant::now() + debounce * 10;
-            loop {
-                match tokio::time::timeout(debounce, changed.recv()).await {
-                    Ok(Some(())) if tokio::time::Instant::now() < settle_by => continue,
-                    Ok(Some(())) | Err(_) => break,
-                    Ok(None) => return,
+    let span = tracing::info_span!("config_watch", path = %path.display());
+    tokio::spawn(
+        async move {
+            let mut loaded = tokio::fs::read(&path).await.ok();
+            while changed.recv().await.is_some() {
+                let settle_by = tokio::time::Instant::now() + debounce * 10;
+                loop {
+                    match tokio::time::timeout(debounce, changed.recv()).await {
+                        Ok(Some(())) if tokio::time::Instant::now() < settle_by => continue,
+                        Ok(Some(())) | Err(_) => break,
+                        Ok(None) => return,
+                    }
+                }
+                let content = tokio::fs::read(&path).await.ok();
+                if content.is_some() && content != loaded && reloader.reload(ReloadTrigger::FileWatch).await.is_ok() {
+                    loaded = content;
                 }
             }
-            let content = tokio::fs::read(&path).await.ok();
-            if content.is_some() && content != loaded && reloader.reload(ReloadTrigger::FileWatch).await.is_ok() {
-                loaded = content;
-            }
         }
-    });
+        .instrument(span),
+    );
     Ok(watcher)
 }
 

@@ -1,0 +1,276 @@
+//! The cache room: the only writer of the answer stores. It owns the positive and negative stores,
+//! the in-flight fills and the fence ([`fence`]), and offers the whole write vocabulary — install a
+//! core answer, apply a change, invalidate an ID, resync from a snapshot, resize — each decided by the
+//! one rule [`fence::decide`] and applied under the ID's slot lock. Readers (the lookup path, explain)
+//! get read-only views of the stores.
+mod config;
+pub mod fence;
+mod metrics;
+mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::RwLock;
+use tokio::time::Instant;
+
+pub use self::config::CacheConfig;
+pub use self::fence::{Fill, FillOutcome, Filled, Role};
+use self::fence::{Fills, Offer, Op};
+pub(crate) use self::metrics::StoreLabels;
+pub use self::metrics::{CacheMetrics, EvictionCause, StoreLabel};
+pub use self::store::{Capacities, NegativeEntry, Origin, PositiveEntry, Stored, Stores};
+use crate::live::Live;
+use crate::pb::Merchant;
+use crate::wire::EncodedMerchant;
+
+fn capacities(cache: &CacheConfig) -> Capacities {
+    Capacities { positive: cache.positive_capacity.get(), negative: cache.negative_capacity.get() }
+}
+
+/// The cache room: the stores, the fills and the fence, and every way to write them.
+pub struct Cache {
+    settings: Live<CacheConfig>,
+    stores: ArcSwap<Stores>,
+    /// Every store write holds this for reading; rebuilding the stores for new capacities holds it for
+    /// writing, so no write lands in stores that are being replaced. Async, so a writer that must wait
+    /// yields its worker thread instead of blocking it.
+    store_writes: RwLock<()>,
+    fills: Fills,
+    metrics: CacheMetrics,
+}
+
+impl Cache {
+    /// Empty stores sized by `settings`, which also gives the TTLs stamped on entries written later.
+    pub fn new(settings: Live<CacheConfig>, metrics: CacheMetrics) -> Self {
+        let stores = Stores::new(capacities(&settings.load()), &metrics);
+        Self {
+            settings,
+            stores: ArcSwap::from_pointee(stores),
+            store_writes: RwLock::new(()),
+            fills: Fills::default(),
+            metrics,
+        }
+    }
+
+    /// The stores as they are now, to read (a capacity change replaces them).
+    pub fn stores(&self) -> arc_swap::Guard<Arc<Stores>> {
+        self.stores.load()
+    }
+
+    /// The room's metrics.
+    pub fn metrics(&self) -> &CacheMetrics {
+        &self.metrics
+    }
+
+    /// Joins the fill in flight for `id`, or registers one the caller must run (see [`Fills`]).
+    pub fn join_or_start(&self, id: &str, applied_sequence: u64) -> Role {
+        self.fills.join_or_start(id, applied_sequence)
+    }
+
+    /// Whether `fill` began in the current resync epoch (its answer speaks of the history the stores
+    /// follow).
+    pub fn is_current(&self, fill: &Fill) -> bool {
+        self.fills.is_current(fill)
+    }
+
+    /// Applies the rule's verdict for an answer about `id` (callers hold `store_writes` and, for the
+    /// feed, the ID's slot). `negative_cap` bounds the TTL of a "not found" while the feed cannot
+    /// vouch for it. Returns whether anything was stored or forgotten.
+    fn install(&self, id: &str, offer: Offer, answer: Answer<'_>, learned_at: Instant, negative_cap: Duration) -> bool {
+        let stores = self.stores.load();
+        let settings = self.settings.load();
+        let negative_ttl = settings.negative_ttl.min(negative_cap);
+        let held = stores.stored(id);
+        let (merchant, as_of_sequence) = (answer.merchant, answer.as_of_sequence);
+        match fence::decide(held, offer, as_of_sequence, merchant.is_some(), negative_ttl.is_zero()) {
+            Op::Keep => return false,
+            Op::PutMerchant => {
+                let merchant = merchant.expect("decided for a merchant").into_encoded();
+                let entry = PositiveEntry { merchant, as_of_sequence, learned_at, ttl: settings.positive_ttl };
+                stores.put_positive(Arc::from(id), entry, held);
+            }
+            Op::PutNotFound => {
+                let origin = if offer == Offer::Feed { Origin::Notice } else { Origin::CoreRead };
+                let entry = NegativeEntry { as_of_sequence, learned_at, ttl: negative_ttl, origin };
+                stores.put_negative(Arc::from(id), entry, held);
+            }
+            Op::Forget => stores.remove(id),
+        }
+        true
+    }
+
+    /// Ends a fill whose outcome was published: installs its answer if the rule allows, and frees its
+    /// slot. Caching may wait for a capacity migration; the fill's waiters already have the answer.
+    pub async fn settle_fill(
+        &self,
+        id: &str,
+        fill: &Arc<Fill>,
+        outcome: &FillOutcome,
+        learned_at: Instant,
+        negative_cap: Duration,
+    ) {
+        let _writes = self.store_writes.read().await;
+        let answer = outcome.as_ref().ok();
+        let installed = self.fills.settle(id, fill, answer, |offer, answer| {
+            let answer = Answer {
+                merchant: answer.merchant.clone().map(Incoming::Encoded),
+                as_of_sequence: answer.as_of_sequence,
+            };
+            self.install(id, offer, answer, learned_at, negative_cap)
+        });
+        if answer.is_some() && !installed {
+            self.metrics.fills_fenced.inc();
+        }
+    }
+
+    /// Takes in a state of `id` that the core reached at `as_of_sequence` (a change notice, or a
+    /// snapshot entry), with the fence up: a fill in flight for the ID loses its lease first, and
+    /// nothing stored from the same or a later sequence is overwritten.
+    fn install_from_feed(&self, id: &str, merchant: Option<&Merchant>, as_of_sequence: u64, negative_cap: Duration) {
+        self.fills.supersede(id, || {
+            let answer = Answer { merchant: merchant.map(Incoming::Decoded), as_of_sequence };
+            self.install(id, Offer::Feed, answer, Instant::now(), negative_cap);
+        });
+    }
+
+    /// Applies one change (in sequence order; the feed checks the order): `merchant` is what the
+    /// merchant became, `None` for a delete.
+    pub async fn apply_change(&self, id: &str, merchant: Option<&Merchant>, sequence: u64, negative_cap: Duration) {
+        let _writes = self.store_writes.read().await;
+        self.install_from_feed(id, merchant, sequence, negative_cap);
+    }
+
+    /// Forgets both entries for `id` (manual repair), fenced like a change so that a core call in
+    /// flight cannot put back an answer it read before.
+    pub async fn invalidate(&self, id: &str) {
+        let _writes = self.store_writes.read().await;
+        self.fills.supersede(id, || self.stores.load().remove(id));
+        self.metrics.invalidations.inc();
+    }
+
+    /// Starts a resync: fills already in flight can no longer install, and no "not found" survives;
+    /// when the stores' history is unknown or replaced (first sync, core restart), nothing does.
+    pub async fn begin_resync(&self, forget_everything: bool) {
+        let _writes = self.store_writes.read().await;
+        self.fills.advance_epoch();
+        let stores = self.stores.load();
+        if forget_everything {
+            stores.clear_all();
+        } else {
+            stores.clear_negative();
+        }
+    }
+
+    /// Takes in one snapshot page as of `as_of_sequence`: every merchant when `load_all` (warm start),
+    /// otherwise only those already held (re-validation).
+    pub async fn install_snapshot_page(&self, merchants: Vec<Merchant>, as_of_sequence: u64, load_all: bool) {
+        let _writes = self.store_writes.read().await;
+        for merchant in merchants {
+            if load_all || self.stores.load().holds_positive(&merchant.merchant_id) {
+                self.install_from_feed(&merchant.merchant_id, Some(&merchant), as_of_sequence, Duration::MAX);
+            }
+        }
+    }
+
+    /// Ends a resync whose snapshot began at `snapshot_sequence`: merchants it did not refresh were
+    /// deleted while the feed was out of step.
+    pub async fn finish_resync(&self, snapshot_sequence: u64) {
+        let _writes = self.store_writes.read().await;
+        self.stores.load().drop_positives_older_than(snapshot_sequence);
+    }
+
+    /// Rebuilds the stores when the configured capacities differ from theirs, migrating every entry
+    /// (moka cannot change a capacity in place). Lookups keep reading the old stores until the swap;
+    /// store writes wait for it. Returns whether the stores were rebuilt.
+    pub async fn resize(&self, cache: &CacheConfig) -> bool {
+        let wanted = capacities(cache);
+        if self.stores.load().capacities() == wanted {
+            return false;
+        }
+        let writes = self.store_writes.write().await;
+        let old = self.stores.load_full();
+        let metrics = self.metrics.clone();
+        let rebuilt = tokio::task::spawn_blocking(move || Stores::migrated(wanted, &metrics, &old))
+            .await
+            .expect("migrating the stores does not panic");
+        self.stores.store(Arc::new(rebuilt));
+        drop(writes);
+        true
+    }
+}
+
+/// A merchant offered to the stores, in whichever form its writer has it (fills encode once for
+/// their waiters; the feed encodes only what the rule lets in).
+enum Incoming<'a> {
+    Encoded(EncodedMerchant),
+    Decoded(&'a Merchant),
+}
+
+impl Incoming<'_> {
+    fn into_encoded(self) -> EncodedMerchant {
+        match self {
+            Self::Encoded(merchant) => merchant,
+            Self::Decoded(merchant) => EncodedMerchant::encode(merchant),
+        }
+    }
+}
+
+/// What the core said about an ID as of a sequence (`merchant` absent: it does not exist).
+struct Answer<'a> {
+    merchant: Option<Incoming<'a>>,
+    as_of_sequence: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache() -> Cache {
+        Cache::new(crate::live::fixed(CacheConfig::default()), CacheMetrics::default())
+    }
+
+    fn merchant(id: &str, version: u64) -> Merchant {
+        Merchant { merchant_id: id.into(), version, ..Default::default() }
+    }
+
+    fn stored_version(cache: &Cache, id: &str) -> Option<u64> {
+        cache.stores().fresh_positive(id, Instant::now(), Duration::MAX).map(|entry| entry.merchant.decode().version)
+    }
+
+    const ID: &str = "898000000000042";
+
+    #[tokio::test]
+    async fn replayed_changes_never_roll_an_entry_back() {
+        let cache = cache();
+        cache.apply_change(ID, Some(&merchant(ID, 3)), 5, Duration::MAX).await;
+        cache.apply_change(ID, Some(&merchant(ID, 2)), 4, Duration::MAX).await;
+        assert_eq!(stored_version(&cache, ID), Some(3));
+        cache.apply_change(ID, None, 5, Duration::MAX).await;
+        assert_eq!(stored_version(&cache, ID), Some(3), "a change at the stored sequence is already reflected");
+        cache.apply_change(ID, None, 6, Duration::MAX).await;
+        assert_eq!(stored_version(&cache, ID), None);
+        assert!(cache.stores().fresh_negative(ID, Instant::now(), Duration::MAX).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_fill_superseded_by_a_change_installs_nothing_and_is_counted() {
+        let cache = cache();
+        let Role::Started(fill) = cache.join_or_start(ID, 0) else { panic!("no fill runs") };
+        cache.apply_change(ID, Some(&merchant(ID, 1)), 1, Duration::MAX).await;
+        let not_found: FillOutcome = Ok(Filled { merchant: None, as_of_sequence: 0 });
+        cache.settle_fill(ID, &fill, &not_found, Instant::now(), Duration::MAX).await;
+        assert_eq!(stored_version(&cache, ID), Some(1), "the late not-found did not replace the onboarded merchant");
+        assert_eq!(cache.metrics().fills_fenced.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_not_found_the_feed_cannot_vouch_for_is_not_cached() {
+        let cache = cache();
+        let Role::Started(fill) = cache.join_or_start(ID, 0) else { panic!() };
+        let not_found: FillOutcome = Ok(Filled { merchant: None, as_of_sequence: 0 });
+        cache.settle_fill(ID, &fill, &not_found, Instant::now(), Duration::ZERO).await;
+        assert!(cache.stores().stored(ID).is_none());
+    }
+}
