@@ -109,7 +109,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn redraws_in_place_each_second_and_ends_the_line() {
         let started = Instant::now();
-        let timeline = Arc::new(Timeline::new(started, Duration::from_secs(3)));
+        let timeline = Arc::new(Timeline::new(started));
         let screen = Screen::default();
         let progress = start(timeline.clone(), started, screen.clone());
         for _ in 0..100 {

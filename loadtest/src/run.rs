@@ -243,7 +243,7 @@ pub async fn run(options: Options) -> Result<(), String> {
     };
     let started = Instant::now();
     let until = started + options.duration;
-    let timeline = Arc::new(Timeline::new(started, options.duration));
+    let timeline = Arc::new(Timeline::new(started));
     let progress = options.progress.then(|| progress::start(timeline.clone(), started, std::io::stderr()));
     let churn_task = options.churn.clone().map(|(core, admin, per_second)| {
         tokio::spawn(churn(core, admin, clients[0].clone(), per_second, until, options.timeout))
@@ -344,7 +344,7 @@ pub async fn run(options: Options) -> Result<(), String> {
     }
     if let Some(path) = &options.html {
         let charts = report_html::Charts {
-            timeline: timeline.points(),
+            timeline: timeline.points(total),
             latencies: tally
                 .ok_latencies
                 .iter_recorded()

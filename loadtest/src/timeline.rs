@@ -15,7 +15,7 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1_000, 60_000_000_000, 2).expect("valid histogram bounds")
 }
 
-/// Answers that arrived in one second of the sending window.
+/// Answers that arrived in one second of the run.
 #[derive(Clone)]
 pub struct Second {
     pub requests: u64,
@@ -33,7 +33,6 @@ struct Inner {
 
 pub struct Timeline {
     started: Instant,
-    duration: Duration,
     inner: Mutex<Inner>,
 }
 
@@ -52,26 +51,26 @@ pub struct Point {
     pub second: u64,
     pub requests: u64,
     pub errors: u64,
-    /// Requests answered per second of sending window covered (the last second may be partial).
+    /// Requests answered per second of the run this point covers (the last may cover more or less
+    /// than a second).
     pub rps: f64,
     pub p50: u64,
     pub p99: u64,
 }
 
 impl Timeline {
-    /// Buckets cover the sending window `duration` from `started`; answers that arrive after it
-    /// (requests still in flight at the end) count in the last bucket, since they were sent within it.
-    pub fn new(started: Instant, duration: Duration) -> Self {
-        let buckets = duration.as_secs_f64().ceil().max(1.0) as usize;
-        let second = Second { requests: 0, errors: 0, ok_latencies: histogram() };
-        let inner = Inner { seconds: vec![second; buckets], requests: 0, errors: 0, ok_latencies: histogram() };
-        Self { started, duration, inner: Mutex::new(inner) }
+    pub fn new(started: Instant) -> Self {
+        let inner = Inner { seconds: Vec::new(), requests: 0, errors: 0, ok_latencies: histogram() };
+        Self { started, inner: Mutex::new(inner) }
     }
 
+    /// Counts an answer in the second of the run it arrived in.
     pub fn record(&self, answered: Instant, latency: Duration, ok: bool) {
         let mut inner = self.inner.lock().expect("timeline lock");
-        let last = inner.seconds.len() - 1;
-        let index = (answered.saturating_duration_since(self.started).as_secs() as usize).min(last);
+        let index = answered.saturating_duration_since(self.started).as_secs() as usize;
+        if inner.seconds.len() <= index {
+            inner.seconds.resize_with(index + 1, || Second { requests: 0, errors: 0, ok_latencies: histogram() });
+        }
         let nanos = latency.as_nanos().clamp(1_000, 60_000_000_000) as u64;
         let second = &mut inner.seconds[index];
         second.requests += 1;
@@ -98,20 +97,36 @@ impl Timeline {
         }
     }
 
-    pub fn points(&self) -> Vec<Point> {
+    /// The seconds of a run that took `total`. The run's last moments, where answers to the last
+    /// requests arrive, are a partial second; one shorter than [`SHORT_TAIL`] is counted with the
+    /// second before it, since a rate over a few milliseconds would be noise on the chart.
+    pub fn points(&self, total: Duration) -> Vec<Point> {
         let inner = self.inner.lock().expect("timeline lock");
-        let window = self.duration.as_secs_f64();
-        inner
-            .seconds
+        let mut seconds = inner.seconds.clone();
+        // Seconds at the end without answers (a stuck edge) are points too, at zero.
+        let total = total.as_secs_f64().max(seconds.len().saturating_sub(1) as f64 + 0.001);
+        let buckets = (total.ceil() as usize).max(seconds.len()).max(1);
+        seconds.resize_with(buckets, || Second { requests: 0, errors: 0, ok_latencies: histogram() });
+        let mut last_span = total - (buckets - 1) as f64;
+        if seconds.len() >= 2 && last_span < SHORT_TAIL {
+            let tail = seconds.pop().expect("two seconds");
+            let before = seconds.last_mut().expect("one second");
+            before.requests += tail.requests;
+            before.errors += tail.errors;
+            let _ = before.ok_latencies.add(&tail.ok_latencies);
+            last_span += 1.0;
+        }
+        let count = seconds.len();
+        seconds
             .iter()
             .enumerate()
             .map(|(index, second)| {
-                let span = (window - index as f64).clamp(0.001, 1.0);
+                let span = if index + 1 == count { last_span } else { 1.0 };
                 Point {
                     second: index as u64,
                     requests: second.requests,
                     errors: second.errors,
-                    rps: second.requests as f64 / span,
+                    rps: second.requests as f64 / span.max(0.001),
                     p50: quantile(&second.ok_latencies, 0.5),
                     p99: quantile(&second.ok_latencies, 0.99),
                 }
@@ -119,6 +134,9 @@ impl Timeline {
             .collect()
     }
 }
+
+/// A last partial second shorter than this is folded into the one before.
+const SHORT_TAIL: f64 = 0.25;
 
 /// Zero for an empty histogram rather than its lowest bound, so a second without successes draws as
 /// no latency instead of a made-up microsecond.
@@ -135,16 +153,16 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn answers_land_in_their_second_and_late_ones_in_the_last() {
+    async fn answers_land_in_the_second_they_arrive_in() {
         let started = Instant::now();
-        let timeline = Timeline::new(started, Duration::from_millis(2500));
+        let timeline = Timeline::new(started);
         let ms = Duration::from_millis;
         timeline.record(started + ms(100), ms(1), true);
         timeline.record(started + ms(900), ms(3), false);
         timeline.record(started + ms(1500), ms(2), true);
         timeline.record(started + ms(2400), ms(4), true);
-        timeline.record(started + ms(9000), ms(8), true);
-        let points = timeline.points();
+        timeline.record(started + ms(2450), ms(8), true);
+        let points = timeline.points(ms(2500));
         assert_eq!(points.len(), 3);
         assert_eq!(points.iter().map(|p| p.requests).collect::<Vec<_>>(), [2, 1, 2]);
         assert_eq!(points.iter().map(|p| p.errors).collect::<Vec<_>>(), [1, 0, 0]);
@@ -157,10 +175,27 @@ mod tests {
         assert!(so_far.p50.abs_diff(2_000_000) < 50_000, "{so_far:?}");
     }
 
-    #[test]
-    fn an_empty_second_has_no_latency() {
-        let timeline = Timeline::new(Instant::now(), Duration::from_secs(1));
-        assert_eq!(timeline.points()[0].p50, 0);
-        assert_eq!(timeline.so_far(), SoFar { requests: 0, errors: 0, p50: 0, p99: 0 });
+    #[tokio::test(start_paused = true)]
+    async fn a_short_tail_counts_with_the_second_before() {
+        let started = Instant::now();
+        let timeline = Timeline::new(started);
+        let ms = Duration::from_millis;
+        for at in [100, 1100, 1200, 2010] {
+            timeline.record(started + ms(at), ms(1), true);
+        }
+        let points = timeline.points(ms(2020));
+        assert_eq!(points.iter().map(|p| p.requests).collect::<Vec<_>>(), [1, 3]);
+        assert!((points[1].rps - 3.0 / 1.02).abs() < 1e-9, "{points:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_second_without_answers_has_no_latency() {
+        let started = Instant::now();
+        let timeline = Timeline::new(started);
+        timeline.record(started + Duration::from_millis(1500), Duration::from_millis(1), false);
+        let points = timeline.points(Duration::from_millis(3500));
+        assert_eq!(points.iter().map(|p| (p.requests, p.p50)).collect::<Vec<_>>(), [(0, 0), (1, 0), (0, 0), (0, 0)]);
+        assert_eq!(points[1].rps, 1.0);
+        assert_eq!(Timeline::new(started).so_far(), SoFar { requests: 0, errors: 0, p50: 0, p99: 0 });
     }
 }
