@@ -1,5 +1,6 @@
 //! `merchant-loadgen`: the load-test kit's own tool. `data` writes the request files the ghz configs in
-//! `loadtest/ghz/` use, deterministically (same seed, same files on every machine).
+//! `loadtest/ghz/` use, deterministically (same seed, same files on every machine); `run` sends load
+//! (see `run.rs`) and reports like ghz, in JSON and as an HTML page; `faults` sets the simulator's.
 mod data;
 mod keys;
 mod progress;
