@@ -245,95 +245,101 @@ pub async fn run(options: Options) -> Result<(), String> {
     let until = started + options.duration;
     let timeline = Arc::new(Timeline::new(started));
     let progress = options.progress.then(|| progress::start(timeline.clone(), started, std::io::stderr()));
-    let churn_task = options.churn.clone().map(|(core, admin, per_second)| {
-        tokio::spawn(churn(core, admin, clients[0].clone(), per_second, until, options.timeout))
-    });
-    let timeout = options.timeout;
+    // The progress line ends before anything else is printed, whether the load ran through or not.
+    let load = async {
+        let churn_task = options.churn.clone().map(|(core, admin, per_second)| {
+            tokio::spawn(churn(core, admin, clients[0].clone(), per_second, until, options.timeout))
+        });
+        let timeout = options.timeout;
 
-    let tally = match options.rate {
-        None => {
-            let callers: Vec<_> = (0..options.concurrency.max(1))
-                .map(|caller| {
-                    let mut client = clients[caller % clients.len()].clone();
-                    let mut keys = keys(options.seed + caller as u64);
-                    let (unknown, malformed) = (options.unknown, options.malformed);
-                    let timeline = timeline.clone();
-                    tokio::spawn(async move {
-                        let mut tally = Tally::new();
-                        while Instant::now() < until {
-                            let id = keys.next_id(unknown, malformed);
-                            let sent = Instant::now();
-                            let outcome = lookup(&mut client, id, timeout).await;
-                            let answered = Instant::now();
-                            tally.record(answered - sent, &outcome);
-                            timeline.record(answered, answered - sent, outcome.is_ok());
-                        }
-                        tally
+        let tally = match options.rate {
+            None => {
+                let callers: Vec<_> = (0..options.concurrency.max(1))
+                    .map(|caller| {
+                        let mut client = clients[caller % clients.len()].clone();
+                        let mut keys = keys(options.seed + caller as u64);
+                        let (unknown, malformed) = (options.unknown, options.malformed);
+                        let timeline = timeline.clone();
+                        tokio::spawn(async move {
+                            let mut tally = Tally::new();
+                            while Instant::now() < until {
+                                let id = keys.next_id(unknown, malformed);
+                                let sent = Instant::now();
+                                let outcome = lookup(&mut client, id, timeout).await;
+                                let answered = Instant::now();
+                                tally.record(answered - sent, &outcome);
+                                timeline.record(answered, answered - sent, outcome.is_ok());
+                            }
+                            tally
+                        })
                     })
-                })
-                .collect();
-            let mut tally = Tally::new();
-            for caller in callers {
-                tally.merge(caller.await.map_err(|e| e.to_string())?);
-            }
-            tally
-        }
-        Some(rate) => {
-            // Requests leave on schedule; a bound on requests in flight keeps the generator's memory
-            // finite, and a request that waits for a slot still counts from its intended send time.
-            let tally = Arc::new(Mutex::new(Tally::new()));
-            let in_flight = Arc::new(Semaphore::new(options.concurrency.max(1) * 64));
-            let mut keys = keys(options.seed);
-            let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
-            let mut tasks = tokio::task::JoinSet::new();
-            let mut sent = 0u64;
-            loop {
-                let intended = started + period.mul_f64(sent as f64);
-                if intended >= until {
-                    break;
+                    .collect();
+                let mut tally = Tally::new();
+                for caller in callers {
+                    tally.merge(caller.await.map_err(|e| e.to_string())?);
                 }
-                // tokio's timers wake up to a millisecond late, which at tens of thousands of requests a
-                // second would be counted as latency: sleep only when more than a millisecond ahead, and
-                // send whatever is due at once.
-                let now = Instant::now();
-                if intended > now {
-                    if intended - now > Duration::from_millis(2) {
-                        tokio::time::sleep_until(intended - Duration::from_millis(1)).await;
-                    } else {
-                        tokio::task::yield_now().await;
+                tally
+            }
+            Some(rate) => {
+                // Requests leave on schedule; a bound on requests in flight keeps the generator's memory
+                // finite, and a request that waits for a slot still counts from its intended send time.
+                let tally = Arc::new(Mutex::new(Tally::new()));
+                let in_flight = Arc::new(Semaphore::new(options.concurrency.max(1) * 64));
+                let mut keys = keys(options.seed);
+                let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+                let mut tasks = tokio::task::JoinSet::new();
+                let mut sent = 0u64;
+                loop {
+                    let intended = started + period.mul_f64(sent as f64);
+                    if intended >= until {
+                        break;
                     }
-                    continue;
+                    // tokio's timers wake up to a millisecond late, which at tens of thousands of requests a
+                    // second would be counted as latency: sleep only when more than a millisecond ahead, and
+                    // send whatever is due at once.
+                    let now = Instant::now();
+                    if intended > now {
+                        if intended - now > Duration::from_millis(2) {
+                            tokio::time::sleep_until(intended - Duration::from_millis(1)).await;
+                        } else {
+                            tokio::task::yield_now().await;
+                        }
+                        continue;
+                    }
+                    let slot = in_flight.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+                    let mut client = clients[sent as usize % clients.len()].clone();
+                    let id = keys.next_id(options.unknown, options.malformed);
+                    let (tally, timeline) = (tally.clone(), timeline.clone());
+                    tasks.spawn(async move {
+                        let outcome = lookup(&mut client, id, timeout).await;
+                        let answered = Instant::now();
+                        let latency = answered - intended;
+                        tally.lock().expect("tally lock").record(latency, &outcome);
+                        timeline.record(answered, latency, outcome.is_ok());
+                        drop(slot);
+                    });
+                    while tasks.try_join_next().is_some() {}
+                    sent += 1;
                 }
-                let slot = in_flight.clone().acquire_owned().await.map_err(|e| e.to_string())?;
-                let mut client = clients[sent as usize % clients.len()].clone();
-                let id = keys.next_id(options.unknown, options.malformed);
-                let (tally, timeline) = (tally.clone(), timeline.clone());
-                tasks.spawn(async move {
-                    let outcome = lookup(&mut client, id, timeout).await;
-                    let answered = Instant::now();
-                    let latency = answered - intended;
-                    tally.lock().expect("tally lock").record(latency, &outcome);
-                    timeline.record(answered, latency, outcome.is_ok());
-                    drop(slot);
-                });
-                while tasks.try_join_next().is_some() {}
-                sent += 1;
+                while tasks.join_next().await.is_some() {}
+                Arc::try_unwrap(tally)
+                    .map_err(|_| "requests still running".to_owned())?
+                    .into_inner()
+                    .map_err(|e| e.to_string())?
             }
-            while tasks.join_next().await.is_some() {}
-            Arc::try_unwrap(tally)
-                .map_err(|_| "requests still running".to_owned())?
-                .into_inner()
-                .map_err(|e| e.to_string())?
-        }
-    };
-    let total = started.elapsed();
-    let churned = match churn_task {
-        Some(task) => Some(task.await.map_err(|e| e.to_string())??),
-        None => None,
-    };
+        };
+        let total = started.elapsed();
+        let churned = match churn_task {
+            Some(task) => Some(task.await.map_err(|e| e.to_string())??),
+            None => None,
+        };
+        Ok::<_, String>((tally, total, churned))
+    }
+    .await;
     if let Some(progress) = progress {
         progress.finish().await;
     }
+    let (tally, total, churned) = load?;
     print_summary(&tally, total, churned.as_ref());
     // One report for both files, so the page shows exactly the JSON report's numbers (its date too).
     let report = ghz_report(&options, &tally, total, churned.as_ref());
