@@ -1,9 +1,16 @@
 //! `merchant-loadgen`: the load-test kit's own tool. `data` writes the request files the ghz configs in
-//! `loadtest/ghz/` use, deterministically (same seed, same files on every machine).
+//! `loadtest/ghz/` use, deterministically (same seed, same files on every machine); `run` sends load
+//! (see `run.rs`) and reports like ghz, in JSON and as an HTML page; `faults` sets the simulator's.
 mod data;
 mod keys;
+mod progress;
+mod report_html;
 mod run;
+#[cfg(test)]
+mod test_edge;
+mod timeline;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -96,6 +103,10 @@ enum Command {
         /// Also write the report as ghz's JSON.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// Also write a self-contained HTML page: latency histogram, requests/s and p50/p99 per second,
+        /// status codes, and for churn runs the change-to-found latencies and the stale count.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
     },
 }
 
@@ -117,6 +128,7 @@ fn main() -> ExitCode {
             churn_admin,
             churn_rate,
             json,
+            html,
         } => {
             let churn = churn_core.zip(churn_admin).map(|(core, admin)| {
                 let core = if core.contains("://") { core } else { format!("http://{core}") };
@@ -136,6 +148,9 @@ fn main() -> ExitCode {
                 churn,
                 timeout,
                 json,
+                html,
+                // On a pipe or a file, carriage returns and escapes would only clutter the output.
+                progress: std::io::stderr().is_terminal(),
             };
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
             match runtime.block_on(run::run(options)) {

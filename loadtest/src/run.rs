@@ -19,6 +19,8 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::keys::Keys;
+use crate::timeline::Timeline;
+use crate::{progress, report_html};
 
 /// Whether known merchants are drawn with Zipf or uniform popularity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -46,6 +48,10 @@ pub struct Options {
     /// Longest wait for one answer.
     pub timeout: Duration,
     pub json: Option<std::path::PathBuf>,
+    /// Also write a self-contained HTML page with the report and its charts.
+    pub html: Option<std::path::PathBuf>,
+    /// Redraw a progress line on stderr once a second (only on a terminal).
+    pub progress: bool,
 }
 
 /// Latencies (nanoseconds) and status codes. As in ghz, the average covers every call and the rest of
@@ -128,6 +134,20 @@ struct Churn {
     failures: u64,
     /// From `UpsertMerchant` returning at the core to the edge answering FOUND.
     found_after: Vec<Duration>,
+}
+
+impl Churn {
+    fn found_after_sorted(&self) -> Vec<Duration> {
+        let mut found = self.found_after.clone();
+        found.sort();
+        found
+    }
+}
+
+/// The sample at `quantile` of sorted durations (zero for none), as the summary and the report give it.
+fn at(sorted: &[Duration], quantile: f64) -> Duration {
+    let index = ((sorted.len() as f64 * quantile) as usize).min(sorted.len().saturating_sub(1));
+    sorted.get(index).copied().unwrap_or_default()
 }
 
 /// The edge's applied sequence, from the first line of its admin `/readyz` (cheap to produce).
@@ -223,93 +243,126 @@ pub async fn run(options: Options) -> Result<(), String> {
     };
     let started = Instant::now();
     let until = started + options.duration;
-    let churn_task = options.churn.clone().map(|(core, admin, per_second)| {
-        tokio::spawn(churn(core, admin, clients[0].clone(), per_second, until, options.timeout))
-    });
-    let timeout = options.timeout;
+    let timeline = Arc::new(Timeline::new(started));
+    let progress = options.progress.then(|| progress::start(timeline.clone(), started, std::io::stderr()));
+    // The progress line ends before anything else is printed, whether the load ran through or not.
+    let load = async {
+        let churn_task = options.churn.clone().map(|(core, admin, per_second)| {
+            tokio::spawn(churn(core, admin, clients[0].clone(), per_second, until, options.timeout))
+        });
+        let timeout = options.timeout;
 
-    let tally = match options.rate {
-        None => {
-            let callers: Vec<_> = (0..options.concurrency.max(1))
-                .map(|caller| {
-                    let mut client = clients[caller % clients.len()].clone();
-                    let mut keys = keys(options.seed + caller as u64);
-                    let (unknown, malformed) = (options.unknown, options.malformed);
-                    tokio::spawn(async move {
-                        let mut tally = Tally::new();
-                        while Instant::now() < until {
-                            let id = keys.next_id(unknown, malformed);
-                            let sent = Instant::now();
-                            let outcome = lookup(&mut client, id, timeout).await;
-                            tally.record(sent.elapsed(), &outcome);
-                        }
-                        tally
+        let tally = match options.rate {
+            None => {
+                let callers: Vec<_> = (0..options.concurrency.max(1))
+                    .map(|caller| {
+                        let mut client = clients[caller % clients.len()].clone();
+                        let mut keys = keys(options.seed + caller as u64);
+                        let (unknown, malformed) = (options.unknown, options.malformed);
+                        let timeline = timeline.clone();
+                        tokio::spawn(async move {
+                            let mut tally = Tally::new();
+                            while Instant::now() < until {
+                                let id = keys.next_id(unknown, malformed);
+                                let sent = Instant::now();
+                                let outcome = lookup(&mut client, id, timeout).await;
+                                let answered = Instant::now();
+                                tally.record(answered - sent, &outcome);
+                                timeline.record(answered, answered - sent, outcome.is_ok());
+                            }
+                            tally
+                        })
                     })
-                })
-                .collect();
-            let mut tally = Tally::new();
-            for caller in callers {
-                tally.merge(caller.await.map_err(|e| e.to_string())?);
-            }
-            tally
-        }
-        Some(rate) => {
-            // Requests leave on schedule; a bound on requests in flight keeps the generator's memory
-            // finite, and a request that waits for a slot still counts from its intended send time.
-            let tally = Arc::new(Mutex::new(Tally::new()));
-            let in_flight = Arc::new(Semaphore::new(options.concurrency.max(1) * 64));
-            let mut keys = keys(options.seed);
-            let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
-            let mut tasks = tokio::task::JoinSet::new();
-            let mut sent = 0u64;
-            loop {
-                let intended = started + period.mul_f64(sent as f64);
-                if intended >= until {
-                    break;
+                    .collect();
+                let mut tally = Tally::new();
+                for caller in callers {
+                    tally.merge(caller.await.map_err(|e| e.to_string())?);
                 }
-                // tokio's timers wake up to a millisecond late, which at tens of thousands of requests a
-                // second would be counted as latency: sleep only when more than a millisecond ahead, and
-                // send whatever is due at once.
-                let now = Instant::now();
-                if intended > now {
-                    if intended - now > Duration::from_millis(2) {
-                        tokio::time::sleep_until(intended - Duration::from_millis(1)).await;
-                    } else {
-                        tokio::task::yield_now().await;
+                tally
+            }
+            Some(rate) => {
+                // Requests leave on schedule; a bound on requests in flight keeps the generator's memory
+                // finite, and a request that waits for a slot still counts from its intended send time.
+                let tally = Arc::new(Mutex::new(Tally::new()));
+                let in_flight = Arc::new(Semaphore::new(options.concurrency.max(1) * 64));
+                let mut keys = keys(options.seed);
+                let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+                let mut tasks = tokio::task::JoinSet::new();
+                let mut sent = 0u64;
+                loop {
+                    let intended = started + period.mul_f64(sent as f64);
+                    if intended >= until {
+                        break;
                     }
-                    continue;
+                    // tokio's timers wake up to a millisecond late, which at tens of thousands of requests a
+                    // second would be counted as latency: sleep only when more than a millisecond ahead, and
+                    // send whatever is due at once.
+                    let now = Instant::now();
+                    if intended > now {
+                        if intended - now > Duration::from_millis(2) {
+                            tokio::time::sleep_until(intended - Duration::from_millis(1)).await;
+                        } else {
+                            tokio::task::yield_now().await;
+                        }
+                        continue;
+                    }
+                    let slot = in_flight.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+                    let mut client = clients[sent as usize % clients.len()].clone();
+                    let id = keys.next_id(options.unknown, options.malformed);
+                    let (tally, timeline) = (tally.clone(), timeline.clone());
+                    tasks.spawn(async move {
+                        let outcome = lookup(&mut client, id, timeout).await;
+                        let answered = Instant::now();
+                        let latency = answered - intended;
+                        tally.lock().expect("tally lock").record(latency, &outcome);
+                        timeline.record(answered, latency, outcome.is_ok());
+                        drop(slot);
+                    });
+                    while tasks.try_join_next().is_some() {}
+                    sent += 1;
                 }
-                let slot = in_flight.clone().acquire_owned().await.map_err(|e| e.to_string())?;
-                let mut client = clients[sent as usize % clients.len()].clone();
-                let id = keys.next_id(options.unknown, options.malformed);
-                let tally = tally.clone();
-                tasks.spawn(async move {
-                    let outcome = lookup(&mut client, id, timeout).await;
-                    let latency = intended.elapsed();
-                    tally.lock().expect("tally lock").record(latency, &outcome);
-                    drop(slot);
-                });
-                while tasks.try_join_next().is_some() {}
-                sent += 1;
+                while tasks.join_next().await.is_some() {}
+                Arc::try_unwrap(tally)
+                    .map_err(|_| "requests still running".to_owned())?
+                    .into_inner()
+                    .map_err(|e| e.to_string())?
             }
-            while tasks.join_next().await.is_some() {}
-            Arc::try_unwrap(tally)
-                .map_err(|_| "requests still running".to_owned())?
-                .into_inner()
-                .map_err(|e| e.to_string())?
-        }
-    };
-    let total = started.elapsed();
-    let churned = match churn_task {
-        Some(task) => Some(task.await.map_err(|e| e.to_string())??),
-        None => None,
-    };
+        };
+        let total = started.elapsed();
+        let churned = match churn_task {
+            Some(task) => Some(task.await.map_err(|e| e.to_string())??),
+            None => None,
+        };
+        Ok::<_, String>((tally, total, churned))
+    }
+    .await;
+    if let Some(progress) = progress {
+        progress.finish().await;
+    }
+    let (tally, total, churned) = load?;
     print_summary(&tally, total, churned.as_ref());
+    // One report for both files, so the page shows exactly the JSON report's numbers (its date too).
+    let report = ghz_report(&options, &tally, total, churned.as_ref());
     if let Some(path) = &options.json {
-        let report = ghz_report(&options, &tally, total);
         std::fs::write(path, serde_json::to_string_pretty(&report).expect("JSON"))
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         println!("\nghz-format JSON report written to {}", path.display());
+    }
+    if let Some(path) = &options.html {
+        let charts = report_html::Charts {
+            timeline: timeline.points(total),
+            latencies: tally
+                .ok_latencies
+                .iter_recorded()
+                .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                .collect(),
+            found_after: churned
+                .as_ref()
+                .map(|churn| churn.found_after_sorted().iter().map(|d| d.as_nanos() as u64).collect()),
+        };
+        std::fs::write(path, report_html::page(&report, &charts))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        println!("HTML report written to {}", path.display());
     }
     match churned {
         Some(churn) if churn.stale > 0 => Err(format!("{} stale answers after a notice", churn.stale)),
@@ -346,10 +399,7 @@ fn print_summary(tally: &Tally, total: Duration, churned: Option<&Churn>) {
         }
     }
     if let Some(churn) = churned {
-        let mut found = churn.found_after.clone();
-        found.sort();
-        let at =
-            |quantile: f64| found.get(((found.len() as f64 * quantile) as usize).min(found.len().saturating_sub(1)));
+        let found = churn.found_after_sorted();
         println!("\nOnboarding churn (each ID cached as not found first):");
         println!(
             "  onboarded {}, lookups of them {}, stale {}, not found within 5 s or unchecked {}",
@@ -357,16 +407,17 @@ fn print_summary(tally: &Tally, total: Duration, churned: Option<&Churn>) {
         );
         println!(
             "  from UpsertMerchant returning to the edge answering FOUND: p50 {:?}, p99 {:?}, slowest {:?} (n = {})",
-            at(0.5).copied().unwrap_or_default(),
-            at(0.99).copied().unwrap_or_default(),
+            at(&found, 0.5),
+            at(&found, 0.99),
             found.last().copied().unwrap_or_default(),
             found.len()
         );
     }
 }
 
-/// The report in ghz's JSON format (durations in nanoseconds), without per-request details.
-fn ghz_report(options: &Options, tally: &Tally, total: Duration) -> serde_json::Value {
+/// The report in ghz's JSON format (durations in nanoseconds), without per-request details. A churn
+/// run adds a `churn` object, which ghz's own readers ignore as an unknown field.
+fn ghz_report(options: &Options, tally: &Tally, total: Duration, churned: Option<&Churn>) -> serde_json::Value {
     let latencies = &tally.ok_latencies;
     let count = tally.latencies.len();
     let distribution: Vec<_> = [10, 25, 50, 75, 90, 95, 99]
@@ -385,7 +436,7 @@ fn ghz_report(options: &Options, tally: &Tally, total: Duration) -> serde_json::
             json!({ "mark": mark as f64 / 1e9, "count": bucket, "frequency": bucket as f64 / latencies.len().max(1) as f64 })
         })
         .collect();
-    json!({
+    let mut report = json!({
         "name": "merchant-loadgen",
         "endReason": "timeout",
         "date": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
@@ -413,7 +464,24 @@ fn ghz_report(options: &Options, tally: &Tally, total: Duration) -> serde_json::
         "latencyDistribution": distribution,
         "histogram": histogram,
         "details": [],
-    })
+    });
+    if let Some(churn) = churned {
+        let found = churn.found_after_sorted();
+        let nanos = |d: Duration| d.as_nanos() as u64;
+        report["churn"] = json!({
+            "onboarded": churn.onboarded,
+            "checked": churn.checked,
+            "stale": churn.stale,
+            "failures": churn.failures,
+            "foundAfter": {
+                "count": found.len(),
+                "p50": nanos(at(&found, 0.5)),
+                "p99": nanos(at(&found, 0.99)),
+                "slowest": nanos(found.last().copied().unwrap_or_default()),
+            },
+        });
+    }
+    report
 }
 
 /// Sets the simulator's faults (the `faults` command).
@@ -426,12 +494,8 @@ pub async fn set_faults(core: &str, faults: merchant_edge::pb::SetFaultsRequest)
 
 #[cfg(test)]
 mod tests {
-    use merchant_edge::config::{Config, UpstreamEndpoint};
-    use merchant_edge::server::Edge;
-    use merchant_edge::sim::Simulator;
-    use tokio::net::TcpListener;
-
     use super::*;
+    use crate::test_edge;
 
     #[test]
     fn code_names_match_ghz() {
@@ -442,17 +506,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_short_run_with_churn_reports_every_answer_and_no_stale_one() {
-        let core = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let core_url = format!("http://{}", core.local_addr().unwrap());
-        tokio::spawn(Simulator::new(1000, 10_000).serve(core, std::future::pending()));
-        let mut config = Config::default();
-        config.upstream.endpoint = UpstreamEndpoint::Url(core_url.clone());
-        let (grpc, admin) =
-            (TcpListener::bind("127.0.0.1:0").await.unwrap(), TcpListener::bind("127.0.0.1:0").await.unwrap());
-        let edge = Edge::with_listeners(config, grpc, admin).start().await.unwrap();
-        while !edge.readiness.is_ready() || !edge.feed.is_connected() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let test_edge::TestEdge { edge, core_url } = test_edge::start().await;
         let report = std::env::temp_dir().join(format!("merchant-loadgen-report-{}.json", std::process::id()));
         let options = Options {
             target: edge.grpc_addr.to_string(),
@@ -468,6 +522,8 @@ mod tests {
             churn: Some((core_url, edge.admin_addr.to_string(), 50.0)),
             timeout: Duration::from_secs(5),
             json: Some(report.clone()),
+            html: None,
+            progress: false,
         };
         run(options).await.expect("no stale answers");
         let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
