@@ -17,6 +17,8 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::feed::FeedStatus;
 
+mod process;
+
 /// Declares an enum used as a label value, rendered in Prometheus' snake_case.
 macro_rules! label_values {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
@@ -332,6 +334,8 @@ impl FeedMetrics {
 
 pub struct Metrics {
     registry: Registry,
+    /// Metrics under their conventional unprefixed names (`process_*`).
+    unprefixed: Registry,
     pub feed: FeedMetrics,
     pub config: ConfigMetrics,
     evictions: Family<EvictionLabels, Counter>,
@@ -443,8 +447,11 @@ impl Default for Metrics {
         let build_info = Family::<BuildInfoLabels, Gauge>::default();
         registry.register("build_info", "The running build", build_info.clone());
         build_info.get_or_create(&BuildInfoLabels { version: env!("CARGO_PKG_VERSION").to_owned() }).set(1);
+        let mut unprefixed = Registry::default();
+        process::register(&mut unprefixed);
         Self {
             registry,
+            unprefixed,
             feed,
             config,
             evictions,
@@ -491,8 +498,13 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        // One exposition: both registries, then the single `# EOF` OpenMetrics ends with.
+        encode_registry(&mut text, &self.registry)
+            .and_then(|()| encode_registry(&mut text, &self.unprefixed))
+            .and_then(|()| encode_eof(&mut text))
+            .expect("writing to a String cannot fail");
         text
     }
 }
