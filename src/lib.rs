@@ -15,6 +15,7 @@
 //!   and answers to reasons.
 //! - [`explain`]: "why was this merchant not found?": the checklist, typo suggestions and a verdict.
 //! - [`readiness`], [`admin`], [`metrics`], [`telemetry`]: what operators see.
+//! - [`systemd`]: READY/STOPPING/WATCHDOG notifications for a `Type=notify` unit (no-op elsewhere).
 //! - [`reload`]: live config reload (SIGHUP, `POST /reload`, file watch), validated and atomic.
 //! - [`tls`]: TLS and mutual TLS for terminals, with certificates replaced on reload; [`accept`]: the
 //!   accept loop that pauses on errors instead of spinning.
@@ -45,6 +46,7 @@ pub mod shared;
 pub mod sim;
 pub mod status;
 pub mod store;
+pub mod systemd;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
