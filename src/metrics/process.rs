@@ -34,7 +34,7 @@ impl EncodeMetric for ResidentMemory {
     }
 }
 
-/// The `VmRSS:` line of `/proc/PID/status` ("VmRSS:	  123456 kB"), in bytes.
+/// The `VmRSS:` line of `/proc/PID/status` (`VmRSS:` then spaces or a tab, `123456 kB`), in bytes.
 fn resident_bytes(status: &str) -> Option<u64> {
     let line = status.lines().find_map(|line| line.strip_prefix("VmRSS:"))?;
     let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
