@@ -331,25 +331,41 @@ impl Prometheus {
                 rules.concat()
             ),
         );
-        // A port the OS just handed out; Prometheus binds it a moment later.
-        let addr = loopback().await.local_addr().unwrap();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", scratch.0.join("data").display()))
-            .arg(format!("--web.listen-address={addr}"))
-            .arg("--log.level=warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(scratch.0.join("prometheus.log")).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start prometheus");
-        let prometheus = Self { addr, child, _scratch: scratch };
-        prometheus
-            .wait_for("Prometheus is ready", Duration::from_secs(30), || async move {
-                http10_get(addr, "/-/ready").await.filter(|(code, _)| *code == 200)
-            })
-            .await;
-        prometheus
+        // A port the OS just handed out, which Prometheus binds a moment later; should another process
+        // take it in between, Prometheus exits and the next attempt takes another port.
+        for _attempt in 0..3 {
+            let addr = loopback().await.local_addr().unwrap();
+            let mut child = Command::new("prometheus")
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!("--storage.tsdb.path={}", scratch.0.join("data").display()))
+                .arg(format!("--web.listen-address={addr}"))
+                .arg("--log.level=warn")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(scratch.0.join("prometheus.log")).unwrap())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("start prometheus");
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    eprintln!(
+                        "prometheus exited ({status}) before it was ready:\n{}",
+                        read(&scratch.0.join("prometheus.log"))
+                    );
+                    break;
+                }
+                if let Some((200, _)) = http10_get(addr, "/-/ready").await {
+                    return Self { addr, child, _scratch: scratch };
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "prometheus not ready after 30 s:\n{}",
+                    read(&scratch.0.join("prometheus.log"))
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        panic!("prometheus did not start (see its log above)");
     }
 
     /// Stops the server and waits for it, so its storage can be removed.
@@ -377,6 +393,23 @@ impl Prometheus {
                 self.log()
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Retries `check` (a list of what is still wrong) for up to 30 s, until nothing is left; the last
+    /// list otherwise, for the test to report.
+    async fn until_none_left<F, Fut>(&self, mut check: F) -> Vec<String>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Vec<String>>,
+    {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = check().await;
+            if left.is_empty() || std::time::Instant::now() >= deadline {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 
@@ -477,18 +510,14 @@ async fn a_real_prometheus_scrapes_a_real_edge_with_every_documented_metric_and_
         .chain(["process_resident_memory_bytes".to_owned()])
         .collect();
     let missing = prometheus
-        .wait_for("every documented metric is stored", Duration::from_secs(30), || {
-            let expected = expected.clone();
-            let prometheus = &prometheus;
-            async move {
-                let mut missing = Vec::new();
-                for name in &expected {
-                    if prometheus.query(&format!("{name}{{job=\"merchant-edge\"}}")).await.is_empty() {
-                        missing.push(name.clone());
-                    }
+        .until_none_left(|| async {
+            let mut missing = Vec::new();
+            for name in &expected {
+                if prometheus.query(&format!("{name}{{job=\"merchant-edge\"}}")).await.is_empty() {
+                    missing.push(name.clone());
                 }
-                Some(missing)
             }
+            missing
         })
         .await;
     assert!(missing.is_empty(), "documented in the README, not scraped by Prometheus: {missing:?}");
@@ -503,21 +532,17 @@ async fn a_real_prometheus_scrapes_a_real_edge_with_every_documented_metric_and_
     dashboard_exprs(&dashboard, &mut exprs);
     assert!(exprs.len() >= 15, "{exprs:?}");
     let empty = prometheus
-        .wait_for("every dashboard query returns data", Duration::from_secs(30), || {
-            let exprs = exprs.clone();
-            let prometheus = &prometheus;
-            async move {
-                let mut empty = Vec::new();
-                for expr in &exprs {
-                    if prometheus.query(&as_grafana_sends(expr)).await.is_empty() {
-                        empty.push(expr.clone());
-                    }
+        .until_none_left(|| async {
+            let mut empty = Vec::new();
+            for expr in &exprs {
+                if prometheus.query(&as_grafana_sends(expr)).await.is_empty() {
+                    empty.push(expr.clone());
                 }
-                empty.is_empty().then_some(empty)
             }
+            empty
         })
         .await;
-    assert!(empty.is_empty());
+    assert!(empty.is_empty(), "dashboard queries that return no data from a real edge: {empty:#?}");
 
     // The deploy kit's rules, evaluated on the real series: every one healthy.
     let alerts = alert_names();
