@@ -84,4 +84,21 @@ mod tests {
         assert_eq!(watchdog_interval(Duration::from_secs(30)), Duration::from_secs(15));
         assert_eq!(watchdog_interval(Duration::from_micros(1)), Duration::from_millis(1), "never a zero interval");
     }
+
+    #[tokio::test]
+    async fn nothing_happens_without_a_notify_socket() {
+        // The test process is not a systemd service (if it ever runs as one, there is nothing to check).
+        if std::env::var_os("NOTIFY_SOCKET").is_none() {
+            assert!(spawn_watchdog().is_none());
+            let awaited = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = awaited.clone();
+            notify_ready_when(async move {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                true
+            });
+            notify_stopping();
+            tokio::task::yield_now().await;
+            assert!(!awaited.load(std::sync::atomic::Ordering::SeqCst), "no task waits for the readiness");
+        }
+    }
 }
