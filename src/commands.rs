@@ -29,11 +29,14 @@ pub async fn serve(config_file: Option<&Path>) -> Result<ExitCode, String> {
         UpstreamEndpoint::Url(url) => format!("bank core at {url}"),
     };
     let scheme = if config.server.tls.is_some() { "gRPC over TLS" } else { "gRPC" };
+    // Before binding, so that a slow start still pings a unit's watchdog.
+    let _watchdog = crate::systemd::spawn_watchdog();
     let mut edge = Edge::bind(config).await.map_err(|e| e.to_string())?.log_control(log);
     if let Some(path) = config_file {
         edge = edge.config_file(path.to_path_buf());
     }
     let edge = edge.start().await.map_err(|e| e.to_string())?;
+    crate::systemd::notify_ready_when(edge.readiness.became_ready());
     println!("merchant-edge listening for {scheme} on {} (admin http://{})", edge.grpc_addr, edge.admin_addr);
     println!("  upstream: {upstream}");
     println!("  try:      merchant-edge lookup {EXAMPLE_ID} --server {}", edge.grpc_addr);
@@ -53,7 +56,11 @@ pub async fn serve(config_file: Option<&Path>) -> Result<ExitCode, String> {
             .instrument(span),
         );
     }
-    match edge.run_until(termination()).await.map_err(|e| e.to_string())? {
+    let drain_starts = async {
+        termination().await;
+        crate::systemd::notify_stopping();
+    };
+    match edge.run_until(drain_starts).await.map_err(|e| e.to_string())? {
         Drain::Clean => Ok(ExitCode::SUCCESS),
         Drain::Forced => Ok(ExitCode::from(1)),
     }

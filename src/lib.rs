@@ -16,7 +16,7 @@
 //!   [`merchant_id`]: ID normalisation and the ID rule.
 //! - [`metrics`]: the registry composing each subsystem's own metrics (`cache/metrics.rs`, ...).
 //! - operations: readiness and gRPC health, the admin HTTP endpoint (with `explain`: the "why not
-//!   found" checklist), live reload, TLS, logging.
+//!   found" checklist), live reload, TLS, logging, systemd notifications.
 //! - [`server`]: assembles a running edge from a config and bound listeners, and drains it.
 //! - [`sim`]: the bank-core simulator (`core-sim`, and the embedded default upstream).
 //! - [`client`], [`commands`]: the `lookup` and `explain` clients and the binary's subcommands.
@@ -41,6 +41,7 @@ mod readiness;
 mod reload;
 pub mod server;
 pub mod sim;
+mod systemd;
 mod telemetry;
 mod tls;
 pub mod upstream;

@@ -13,6 +13,8 @@ use crate::guard::GuardMetrics;
 use crate::lookup::LookupMetrics;
 use crate::reload::ConfigMetrics;
 
+mod process;
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct BuildInfoLabels {
     version: String,
@@ -21,6 +23,8 @@ struct BuildInfoLabels {
 /// Every subsystem's metrics, registered once.
 pub struct Metrics {
     registry: Registry,
+    /// Metrics under their conventional unprefixed names (`process_*`).
+    unprefixed: Registry,
     /// The lookup path's.
     pub lookup: LookupMetrics,
     /// Core protection's.
@@ -44,15 +48,22 @@ impl Default for Metrics {
         let build_info = Family::<BuildInfoLabels, Gauge>::default();
         registry.register("build_info", "The running build", build_info.clone());
         build_info.get_or_create(&BuildInfoLabels { version: env!("CARGO_PKG_VERSION").to_owned() }).set(1);
-        Self { registry, lookup, guard, cache, feed, config }
+        let mut unprefixed = Registry::default();
+        process::register(&mut unprefixed);
+        Self { registry, unprefixed, lookup, guard, cache, feed, config }
     }
 }
 
 impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        // One exposition: both registries, then the single `# EOF` OpenMetrics ends with.
+        encode_registry(&mut text, &self.registry)
+            .and_then(|()| encode_registry(&mut text, &self.unprefixed))
+            .and_then(|()| encode_eof(&mut text))
+            .expect("writing to a String cannot fail");
         text
     }
 }

@@ -43,6 +43,13 @@ impl Readiness {
         }
     }
 
+    /// Completes with `true` the first time the edge is ready (at once if it already is), or `false`
+    /// if the edge stopped without ever becoming ready. For the service manager's READY=1.
+    pub fn became_ready(&self) -> impl std::future::Future<Output = bool> + Send + 'static {
+        let mut ready = self.ready.subscribe();
+        async move { ready.wait_for(|ready| *ready).await.is_ok() }
+    }
+
     /// Reports the change feed as its own health-check service, so probes can tell "serving, but the
     /// feed is down" from "not serving".
     pub async fn set_feed(&self, connected: bool) {
