@@ -46,10 +46,10 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     let lag = feed.lag(Instant::now());
     let link = if feed.is_connected() { "connected" } else { "DOWN" };
     let body = format!(
-        "{verdict}\nfeed: {link}, applied sequence {}, core head {}, lag {} notices / {:.1}s\n",
+        "{verdict}\nfeed: {link}, applied sequence {}, core head {}, lag {} / {:.1}s\n",
         feed.applied(),
         feed.head(),
-        lag.notices,
+        crate::text::count(lag.notices, "notice", "notices"),
         lag.duration.as_secs_f64()
     );
     (code, body)

@@ -23,7 +23,8 @@ pub async fn serve(config_file: Option<&Path>) -> Result<ExitCode, String> {
     let log = crate::telemetry::init_logging(&config.log);
     let upstream = match &config.upstream.endpoint {
         UpstreamEndpoint::Embedded => {
-            format!("embedded bank-core simulator ({} merchants)", config.upstream.embedded_merchants)
+            let merchants = crate::text::count(config.upstream.embedded_merchants, "merchant", "merchants");
+            format!("embedded bank-core simulator ({merchants})")
         }
         UpstreamEndpoint::Url(url) => format!("bank core at {url}"),
     };
@@ -63,10 +64,12 @@ pub async fn core_sim(listen: SocketAddr, merchants: u64, history: usize) -> Res
     let listener = TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let simulator = Simulator::new(merchants, history);
     println!(
-        "core-sim listening on {} with {merchants} merchants ({} .. {}), keeping {history} changes",
+        "core-sim listening on {} with {} ({} .. {}), keeping {}",
         listener.local_addr().map_err(|e| e.to_string())?,
+        crate::text::count(merchants, "merchant", "merchants"),
         dataset::synthetic_id(0),
         dataset::synthetic_id(merchants.saturating_sub(1)),
+        crate::text::count(history as u64, "change", "changes"),
     );
     simulator.serve(listener, termination()).await.map_err(|e| e.to_string())
 }

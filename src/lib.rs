@@ -22,6 +22,7 @@
 //! - [`server`]: assembles a running edge from a config and bound listeners, and drains it.
 //! - [`sim`]: the bank-core simulator (`core-sim`, and the embedded default upstream).
 //! - [`client`], [`commands`]: the `lookup` and `explain` clients and the binary's subcommands.
+//! - [`text`]: wording shared by messages (counts with the right singular or plural).
 //! - [`pb`]: generated protobuf code; [`wire`]: the server's encoding of the lookup contract, with
 //!   merchants encoded once per version.
 pub mod accept;
@@ -46,6 +47,7 @@ pub mod sim;
 pub mod status;
 pub mod store;
 pub mod telemetry;
+pub mod text;
 pub mod tls;
 pub mod upstream;
 pub mod wire;
