@@ -176,7 +176,11 @@ impl Edge {
             _ => None,
         };
 
-        let (reflection_v1, reflection_v1alpha) = crate::pb::reflection_services();
+        // Reflection lists what this port serves: the lookup contract and health.
+        let (reflection_v1, reflection_v1alpha) = crate::pb::reflection_services(
+            &[crate::pb::LOOKUP_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET],
+            &[crate::wire::merchant_lookup_server::SERVICE_NAME, tonic_health::pb::health_server::SERVICE_NAME],
+        );
         let lookup = MerchantLookupServer::new(LookupService::new(resolver.clone(), live.clone(), readiness.clone()))
             .max_decoding_message_size(config.server.max_request_bytes.get() as usize);
         let router = tonic::transport::Server::builder()
