@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::{mpsc, Mutex};
+use tracing::Instrument;
 
 use crate::config::{Config, ConfigError};
 use crate::metrics::ReloadTrigger;
@@ -59,8 +60,12 @@ impl Reloader {
 
     /// Reloads the config file, or changes nothing and says why.
     pub async fn reload(&self, trigger: ReloadTrigger) -> Result<ReloadReport, ReloadError> {
+        // Every event of one reload carries its trigger (as the span `reload`), so the lines it logs
+        // can be told apart from a concurrent one's in a JSON pipeline.
+        let span = tracing::info_span!("reload", ?trigger);
         let _serial = self.serial.lock().await;
-        let result = self.reload_file().await;
+        let result = self.reload_file().instrument(span.clone()).await;
+        let _in_span = span.enter();
         // Without a file nothing was tried, and the running config is not in doubt.
         if !matches!(result, Err(ReloadError::NoFile)) {
             self.shared.metrics.config.reloaded(trigger, result.is_ok());
