@@ -107,8 +107,24 @@ fn path_segment(id: &str) -> String {
         .collect()
 }
 
-/// Asks a running edge's admin endpoint to explain `id` and prints the checklist and the verdict.
-pub async fn explain_and_print(admin: &str, id: &str) -> Result<(), String> {
+/// Asks a running edge's admin endpoint to explain `id` and prints the checklist and the verdict, one
+/// aligned line per step (see [`crate::checklist`]), or with `json` the admin endpoint's report as one
+/// JSON document on one line, for scripts.
+pub async fn explain_and_print(admin: &str, id: &str, json: bool) -> Result<(), String> {
+    let body = fetch_explanation(admin, id).await?;
+    let explanation: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| format!("unexpected answer from the admin endpoint: {e}"))?;
+    if json {
+        // The body as the endpoint sent it (re-serializing the parsed value would reorder its keys).
+        println!("{}", body.trim_end());
+    } else {
+        print!("{}", crate::checklist::render(&explanation));
+    }
+    Ok(())
+}
+
+/// The admin endpoint's report for `id` (`GET /debug/merchants/{id}`): a JSON document.
+pub async fn fetch_explanation(admin: &str, id: &str) -> Result<String, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let admin = admin.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(admin)
@@ -123,16 +139,7 @@ pub async fn explain_and_print(admin: &str, id: &str) -> Result<(), String> {
     if !head.starts_with("HTTP/1.1 200") {
         return Err(format!("the admin endpoint answered {}", head.lines().next().unwrap_or_default()));
     }
-    let explanation: serde_json::Value =
-        serde_json::from_str(body).map_err(|e| format!("unexpected answer from the admin endpoint: {e}"))?;
-    let section = |name: &str| serde_json::to_string(&explanation[name]).unwrap_or_default();
-    println!("1. ID:        {}", section("id"));
-    println!("2. cached:    positive {} / negative {}", section("positive_entry"), section("negative_entry"));
-    println!("3. feed:      {}", section("feed"));
-    println!("4. core now:  {}", section("core"));
-    println!("reason:       {}", explanation["reason"].as_str().unwrap_or_default());
-    println!("verdict:      {}", explanation["verdict"].as_str().unwrap_or_default());
-    Ok(())
+    Ok(body.to_owned())
 }
 
 #[cfg(test)]

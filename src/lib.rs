@@ -21,12 +21,14 @@
 //! - [`shared`]: the handles the parts of a running edge share.
 //! - [`server`]: assembles a running edge from a config and bound listeners, and drains it.
 //! - [`sim`]: the bank-core simulator (`core-sim`, and the embedded default upstream).
-//! - [`client`], [`commands`]: the `lookup` and `explain` clients and the binary's subcommands.
+//! - [`client`], [`commands`]: the `lookup` and `explain` clients and the binary's subcommands;
+//!   [`checklist`]: the `explain` report as aligned lines for people.
 //! - [`text`]: wording shared by messages (counts with the right singular or plural).
 //! - [`pb`]: generated protobuf code; [`wire`]: the server's encoding of the lookup contract, with
 //!   merchants encoded once per version.
 pub mod accept;
 pub mod admin;
+pub mod checklist;
 pub mod client;
 pub mod commands;
 pub mod config;
