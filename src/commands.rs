@@ -87,13 +87,17 @@ pub async fn lookup(server: &str, tls: &crate::client::ClientTls, ids: &[String]
 }
 
 /// `merchant-edge check-config`: prints the effective config, or the problems and exits non-zero. TLS
-/// files are read too, as `serve` would.
+/// files and the admin token file are read too, as `serve` would (the token itself is never printed).
 pub fn check_config(path: &Path) -> ExitCode {
     let checked = Config::load(path).map_err(|e| e.to_string()).and_then(|config| {
         match config.server.tls.as_ref().map(crate::tls::load).transpose() {
             Ok(_) => Ok(config),
             Err(error) => Err(format!("invalid config:\n  {}: {error}", path.display())),
         }
+    });
+    let checked = checked.and_then(|config| match crate::admin_auth::read_token(&config.admin) {
+        Ok(_) => Ok(config),
+        Err(error) => Err(format!("invalid config:\n  {}: {error}", path.display())),
     });
     match checked {
         Ok(config) => {

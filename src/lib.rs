@@ -14,7 +14,8 @@
 //! - [`service`]: the terminal-facing `MerchantLookup` gRPC service; [`status`] maps errors to gRPC codes
 //!   and answers to reasons.
 //! - [`explain`]: "why was this merchant not found?": the checklist, typo suggestions and a verdict.
-//! - [`readiness`], [`admin`], [`metrics`], [`telemetry`]: what operators see.
+//! - [`readiness`], [`admin`], [`metrics`], [`telemetry`]: what operators see; [`admin_auth`]: who may
+//!   use the admin endpoints that change state (loopback, or a bearer token).
 //! - [`reload`]: live config reload (SIGHUP, `POST /reload`, file watch), validated and atomic.
 //! - [`tls`]: TLS and mutual TLS for terminals, with certificates replaced on reload; [`accept`]: the
 //!   accept loop that pauses on errors instead of spinning.
@@ -28,6 +29,7 @@
 //!   merchants encoded once per version.
 pub mod accept;
 pub mod admin;
+pub mod admin_auth;
 pub mod checklist;
 pub mod client;
 pub mod commands;

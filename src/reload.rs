@@ -11,6 +11,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, Mutex};
 use tracing::Instrument;
 
+use crate::admin_auth::{AdminToken, TokenError};
 use crate::config::{Config, ConfigError};
 use crate::metrics::ReloadTrigger;
 use crate::shared::Shared;
@@ -26,6 +27,8 @@ pub enum ReloadError {
     Invalid(#[from] ConfigError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    AdminToken(#[from] TokenError),
 }
 
 /// What a successful reload did.
@@ -44,6 +47,8 @@ pub struct Reloader {
     shared: Shared,
     log: Option<LogControl>,
     tls: Option<Arc<TlsSettings>>,
+    /// The admin bearer token, re-read from `admin.token_file` by every reload.
+    admin_token: Arc<AdminToken>,
     /// One reload at a time, whatever triggered it.
     serial: Mutex<()>,
 }
@@ -51,11 +56,17 @@ pub struct Reloader {
 impl Reloader {
     pub fn new(path: Option<PathBuf>, shared: Shared, log: Option<LogControl>, tls: Option<Arc<TlsSettings>>) -> Self {
         shared.metrics.config.loaded(&shared.config.load().hash());
-        Self { path, shared, log, tls, serial: Mutex::new(()) }
+        Self { path, shared, log, tls, admin_token: Arc::default(), serial: Mutex::new(()) }
     }
 
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
+    }
+
+    /// The admin token in force. Empty until the starter stores the one read at start (so guarded
+    /// endpoints refuse remote callers, and loopback ones under `require_token`, rather than let them in).
+    pub fn admin_token(&self) -> &Arc<AdminToken> {
+        &self.admin_token
     }
 
     /// Reloads the config file, or changes nothing and says why.
@@ -100,12 +111,14 @@ impl Reloader {
             (Some(settings), Some(config)) => Some((settings, tls::load(config)?)),
             _ => None,
         };
+        let admin_token = crate::admin_auth::read_token(&next.admin)?;
         let applied = next.changed_keys(&running);
         let config_hash = next.hash();
         self.shared.config.store(Arc::new(next.clone()));
         if let Some((settings, config)) = tls {
             settings.replace(config);
         }
+        self.admin_token.replace(admin_token);
         // Only a changed level is installed, so a reload of other keys keeps a RUST_LOG filter.
         if let (Some(log), true) = (&self.log, next.log.level != running.log.level) {
             if let Err(error) = log.set_level(&next.log.level) {

@@ -35,6 +35,8 @@ pub enum ServeError {
     Upstream(String),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    AdminToken(#[from] crate::admin_auth::TokenError),
     #[error("cannot watch the config file: {0}")]
     Watch(#[from] notify::Error),
     #[error("gRPC server failed: {0}")]
@@ -119,6 +121,7 @@ impl Edge {
         let grpc_addr = grpc.local_addr().map_err(ServeError::Admin)?;
         let admin_addr = admin.local_addr().map_err(ServeError::Admin)?;
         let tls = config.server.tls.as_ref().map(tls::load).transpose()?.map(TlsSettings::new);
+        let admin_token = crate::admin_auth::read_token(&config.admin)?;
         let live: LiveConfig = Arc::new(ArcSwap::from_pointee(config.clone()));
         let (stop_serving, stop_background, stop_admin) = (Stop::new(), Stop::new(), Stop::new());
         let mut background = JoinSet::new();
@@ -171,6 +174,7 @@ impl Edge {
         });
 
         let reloader = Arc::new(Reloader::new(config_file, shared.clone(), log, tls.clone()));
+        reloader.admin_token().replace(admin_token);
         let watcher = match reloader.path() {
             Some(_) if config.reload.watch_file => Some(reload::watch_file(reloader.clone(), config.reload.debounce)?),
             _ => None,
