@@ -1,5 +1,5 @@
 //! Compiles the protos with protox (pure Rust, so no system `protoc` is needed): the public contracts,
-//! with their encoded descriptor set kept for gRPC server reflection, and the server's twin of the
+//! with an encoded descriptor set per server kept for gRPC server reflection, and the server's twin of the
 //! lookup contract, derived here from the same descriptors with each `merchant` field retyped to
 //! `bytes` (protobuf encodes an embedded message and bytes alike, so the twin is the same contract on
 //! the wire and lets the server send merchants it encoded once).
@@ -14,7 +14,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     let protos = ["proto/merchant/v1/lookup.proto", "proto/merchant/v1/core.proto"];
     let descriptors = protox::compile(protos, ["proto"])?;
-    std::fs::write(out_dir.join("merchant_descriptor.bin"), descriptors.encode_to_vec())?;
+    // One set per server for reflection: each proto with only its own imports, so a port's reflection
+    // holds the files its services need and nothing another server implements.
+    for (proto, set) in [(protos[0], "lookup_descriptor.bin"), (protos[1], "core_descriptor.bin")] {
+        std::fs::write(out_dir.join(set), protox::compile([proto], ["proto"])?.encode_to_vec())?;
+    }
 
     let mut wire = descriptors.clone();
     wire.file.retain(|file| file.name() == LOOKUP_PROTO || file.package() == "google.protobuf");

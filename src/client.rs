@@ -1,5 +1,5 @@
 //! `merchant-edge lookup`: a small client that asks a running edge and prints each answer on one line.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Status;
@@ -25,7 +25,7 @@ pub fn server_url(server: &str, tls: bool) -> String {
     }
 }
 
-fn read(path: &PathBuf) -> Result<Vec<u8>, String> {
+fn read(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
@@ -109,32 +109,58 @@ fn path_segment(id: &str) -> String {
         .collect()
 }
 
-/// Asks a running edge's admin endpoint to explain `id` and prints the checklist and the verdict.
-pub async fn explain_and_print(admin: &str, id: &str) -> Result<(), String> {
+/// Asks a running edge's admin endpoint to explain `id` and prints the checklist and the verdict, one
+/// aligned line per step (see [`crate::checklist`]), or with `json` the admin endpoint's report as one
+/// JSON document on one line, for scripts.
+/// `token_file` holds the admin bearer token, for an edge with `admin.require_token` (or reached from
+/// another machine).
+pub async fn explain_and_print(admin: &str, id: &str, json: bool, token_file: Option<&Path>) -> Result<(), String> {
+    let token = match token_file {
+        Some(path) => {
+            Some(String::from_utf8(read(path)?).map_err(|_| format!("{} does not hold a text token", path.display()))?)
+        }
+        None => None,
+    };
+    let body = fetch_explanation(admin, id, token.as_deref().map(str::trim)).await?;
+    let explanation: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| format!("unexpected answer from the admin endpoint: {e}"))?;
+    if json {
+        // The body as the endpoint sent it (re-serializing the parsed value would reorder its keys).
+        println!("{}", body.trim_end());
+    } else {
+        print!("{}", crate::checklist::render(&explanation));
+    }
+    Ok(())
+}
+
+/// The admin endpoint's report for `id` (`GET /debug/merchants/{id}`): a JSON document. `token` is sent
+/// as `Authorization: Bearer`.
+pub async fn fetch_explanation(admin: &str, id: &str, token: Option<&str>) -> Result<String, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let admin = admin.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(admin)
         .await
         .map_err(|e| format!("cannot reach the admin endpoint {admin}: {e}"))?;
-    let request =
-        format!("GET /debug/merchants/{} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n", path_segment(id));
+    let authorization = token.map(|token| format!("Authorization: Bearer {token}\r\n")).unwrap_or_default();
+    let request = format!(
+        "GET /debug/merchants/{} HTTP/1.1\r\nHost: {admin}\r\n{authorization}Connection: close\r\n\r\n",
+        path_segment(id)
+    );
     stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await.map_err(|e| e.to_string())?;
     let (head, body) = response.split_once("\r\n\r\n").ok_or("the admin endpoint sent no HTTP response")?;
     if !head.starts_with("HTTP/1.1 200") {
-        return Err(format!("the admin endpoint answered {}", head.lines().next().unwrap_or_default()));
+        // The guard's refusals say what to configure or send; pass that on.
+        let error =
+            serde_json::from_str::<serde_json::Value>(body).ok().and_then(|v| v["error"].as_str().map(str::to_owned));
+        let status = head.lines().next().unwrap_or_default();
+        return Err(match error {
+            Some(error) => format!("the admin endpoint answered {status}: {error}"),
+            None => format!("the admin endpoint answered {status}"),
+        });
     }
-    let explanation: serde_json::Value =
-        serde_json::from_str(body).map_err(|e| format!("unexpected answer from the admin endpoint: {e}"))?;
-    let section = |name: &str| serde_json::to_string(&explanation[name]).unwrap_or_default();
-    println!("1. ID:        {}", section("id"));
-    println!("2. cached:    positive {} / negative {}", section("positive_entry"), section("negative_entry"));
-    println!("3. feed:      {}", section("feed"));
-    println!("4. core now:  {}", section("core"));
-    println!("reason:       {}", explanation["reason"].as_str().unwrap_or_default());
-    println!("verdict:      {}", explanation["verdict"].as_str().unwrap_or_default());
-    Ok(())
+    Ok(body.to_owned())
 }
 
 #[cfg(test)]

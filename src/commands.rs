@@ -24,7 +24,8 @@ pub async fn serve(config_file: Option<&Path>) -> Result<ExitCode, String> {
     let log = crate::telemetry::init_logging(&config.log);
     let upstream = match &config.upstream.endpoint {
         UpstreamEndpoint::Embedded => {
-            format!("embedded bank-core simulator ({} merchants)", config.upstream.embedded_merchants)
+            let merchants = crate::text::count(config.upstream.embedded_merchants, "merchant", "merchants");
+            format!("embedded bank-core simulator ({merchants})")
         }
         UpstreamEndpoint::Url(url) => format!("bank core at {url}"),
     };
@@ -75,10 +76,12 @@ pub async fn core_sim(listen: SocketAddr, merchants: u64, history: usize) -> Res
     let listener = TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let simulator = Simulator::new(merchants, history);
     println!(
-        "core-sim listening on {} with {merchants} merchants ({} .. {}), keeping {history} changes",
+        "core-sim listening on {} with {} ({} .. {}), keeping {}",
         listener.local_addr().map_err(|e| e.to_string())?,
+        crate::text::count(merchants, "merchant", "merchants"),
         dataset::synthetic_id(0),
         dataset::synthetic_id(merchants.saturating_sub(1)),
+        crate::text::count(history as u64, "change", "changes"),
     );
     simulator.serve(listener, termination()).await.map_err(|e| e.to_string())
 }
@@ -96,13 +99,17 @@ pub async fn lookup(server: &str, tls: &crate::client::ClientTls, ids: &[String]
 }
 
 /// `merchant-edge check-config`: prints the effective config, or the problems and exits non-zero. TLS
-/// files are read too, as `serve` would.
+/// files and the admin token file are read too, as `serve` would (the token itself is never printed).
 pub fn check_config(path: &Path) -> ExitCode {
     let checked = Config::load(path).map_err(|e| e.to_string()).and_then(|config| {
         match config.server.tls.as_ref().map(crate::tls::load).transpose() {
             Ok(_) => Ok(config),
             Err(error) => Err(format!("invalid config:\n  {}: {error}", path.display())),
         }
+    });
+    let checked = checked.and_then(|config| match crate::admin_auth::read_token(&config.admin) {
+        Ok(_) => Ok(config),
+        Err(error) => Err(format!("invalid config:\n  {}: {error}", path.display())),
     });
     match checked {
         Ok(config) => {

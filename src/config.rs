@@ -94,13 +94,25 @@ impl Default for ServerConfig {
 pub struct AdminConfig {
     /// Where the endpoint listens (loopback by default).
     pub listen: SocketAddr,
-    /// Whether endpoints that change state (`POST /reload`) answer clients other than loopback.
+    /// Whether the guarded endpoints (`POST /reload`, `POST /invalidate/{id}`, `GET /debug/...`) answer
+    /// clients other than loopback; they must also send the bearer token of `token_file`.
     pub allow_remote_changes: bool,
+    /// File holding the bearer token for the guarded endpoints (surrounding whitespace ignored). Read
+    /// at start and on every reload; only its path is ever printed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Whether loopback clients must send the token too.
+    pub require_token: bool,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9090)), allow_remote_changes: false }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            allow_remote_changes: false,
+            token_file: None,
+            require_token: false,
+        }
     }
 }
 
@@ -356,6 +368,14 @@ impl Config {
                     format!("`{key}` is not an ASCII gRPC metadata key (lowercase letters, digits, - _ .)"),
                 ));
             }
+        }
+        // allow_remote_changes without a token file is accepted (remote calls are then refused with a
+        // message saying to set it), but require_token without one would lock every caller out.
+        if self.admin.require_token && self.admin.token_file.is_none() {
+            problems.push((
+                "admin.require_token",
+                "needs admin.token_file: the file holding the bearer token every caller must send".to_owned(),
+            ));
         }
         if let Err(message) = self.merchant_id.validate() {
             problems.push(("merchant_id", message));
@@ -619,6 +639,15 @@ mod tests {
     }
 
     #[test]
+    fn require_token_needs_a_token_file_but_remote_changes_alone_are_accepted() {
+        let err = Config::parse("[admin]\nrequire_token = true\n", "edge.toml").unwrap_err().to_string();
+        assert!(err.contains("edge.toml:2: admin.require_token: needs admin.token_file"), "{err}");
+        let with_file = "[admin]\nrequire_token = true\ntoken_file = \"/run/secrets/admin-token\"\n";
+        assert!(Config::parse(with_file, "t").is_ok());
+        assert!(Config::parse("[admin]\nallow_remote_changes = true\n", "t").is_ok());
+    }
+
+    #[test]
     fn syntax_errors_point_at_the_line() {
         let err = Config::parse("[server]\nlisten = \n", "edge.toml").unwrap_err();
         assert!(err.to_string().contains("edge.toml:2"), "{err}");
@@ -687,6 +716,7 @@ mod tests {
             config.protect.per_client_rate = NonZeroU32::new(10);
             config.protect.per_client_burst = NonZeroU32::new(20);
             config.protect.client_key = Some("x-gateway-id".into());
+            config.admin.token_file = Some("/etc/merchant-edge/admin-token".into());
             config
         }
 

@@ -16,15 +16,19 @@
 //!   [`merchant_id`]: ID normalisation and the ID rule.
 //! - [`metrics`]: the registry composing each subsystem's own metrics (`cache/metrics.rs`, ...).
 //! - operations: readiness and gRPC health, the admin HTTP endpoint (with `explain`: the "why not
-//!   found" checklist), live reload, TLS, logging, systemd notifications.
+//!   found" checklist; who may use the endpoints that change state: loopback, or a bearer token), live
+//!   reload, TLS, logging, systemd notifications.
 //! - [`server`]: assembles a running edge from a config and bound listeners, and drains it.
 //! - [`sim`]: the bank-core simulator (`core-sim`, and the embedded default upstream).
-//! - [`client`], [`commands`]: the `lookup` and `explain` clients and the binary's subcommands.
+//! - [`client`], [`commands`]: the `lookup` and `explain` clients (the `explain` report as aligned
+//!   lines for people) and the binary's subcommands.
 //! - [`pb`]: generated protobuf code; [`wire`]: the server's encoding of the lookup contract, with
 //!   merchants encoded once per version.
 mod accept;
 mod admin;
+mod admin_auth;
 pub mod cache;
+mod checklist;
 pub mod client;
 pub mod commands;
 pub mod config;
@@ -43,6 +47,7 @@ pub mod server;
 pub mod sim;
 mod systemd;
 mod telemetry;
+mod text;
 mod tls;
 pub mod upstream;
 pub mod wire;

@@ -59,6 +59,12 @@ enum Command {
         id: String,
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin: String,
+        /// Print the admin endpoint's report as one JSON document instead of the checklist.
+        #[arg(long)]
+        json: bool,
+        /// File holding the admin bearer token (for an edge with admin.require_token, or a remote one).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
     },
     /// Validate a config file and print its effective values.
     CheckConfig { file: PathBuf },
@@ -80,8 +86,10 @@ fn main() -> ExitCode {
                 let tls = merchant_edge::client::ClientTls { ca, identity: cert.zip(key) };
                 Ok(commands::lookup(&server, &tls, &ids).await)
             }
-            Command::Explain { id, admin } => {
-                merchant_edge::client::explain_and_print(&admin, &id).await.map(|()| ExitCode::SUCCESS)
+            Command::Explain { id, admin, json, token_file } => {
+                merchant_edge::client::explain_and_print(&admin, &id, json, token_file.as_deref())
+                    .await
+                    .map(|()| ExitCode::SUCCESS)
             }
             Command::CheckConfig { .. } => unreachable!("handled before the runtime starts"),
         }

@@ -57,7 +57,10 @@ pub enum IdError {
         /// The rule, in words.
         expected: String,
     },
-    #[error("merchant_id has {actual} characters after trimming whitespace; rule `length`: it must be {expected}")]
+    #[error(
+        "merchant_id has {} after trimming whitespace; rule `length`: it must be {expected}",
+        crate::text::count(*.actual, "character", "characters")
+    )]
     /// Too short or too long.
     Length {
         /// Characters after trimming.
@@ -190,6 +193,14 @@ mod tests {
         assert!(letters.to_string().contains("rule `charset`"), "{letters}");
         let inner_space = rule().normalise("898000 00000042").unwrap_err();
         assert!(matches!(inner_space, IdError::Charset { found: ' ', position: 7, .. }));
+    }
+
+    #[test]
+    fn a_length_error_counts_in_the_singular_for_one_character() {
+        let one = rule().normalise("8").unwrap_err();
+        assert!(one.to_string().starts_with("merchant_id has 1 character after trimming"), "{one}");
+        let two = rule().normalise("89").unwrap_err();
+        assert!(two.to_string().starts_with("merchant_id has 2 characters after trimming"), "{two}");
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub enum ServeError {
     #[error(transparent)]
     /// The TLS files cannot be used.
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    /// The admin token file cannot be used.
+    AdminToken(#[from] crate::admin_auth::TokenError),
     #[error("cannot watch the config file: {0}")]
     /// The config file cannot be watched.
     Watch(#[from] notify::Error),
@@ -136,6 +139,7 @@ impl Edge {
         let grpc_addr = grpc.local_addr().map_err(ServeError::Admin)?;
         let admin_addr = admin.local_addr().map_err(ServeError::Admin)?;
         let tls = config.server.tls.as_ref().map(tls::load).transpose()?.map(TlsSettings::new);
+        let admin_token = crate::admin_auth::read_token(&config.admin)?;
         let live: LiveConfig = Arc::new(ArcSwap::from_pointee(config.clone()));
         let (stop_serving, stop_background, stop_admin) = (Stop::new(), Stop::new(), Stop::new());
         let mut background = JoinSet::new();
@@ -200,12 +204,17 @@ impl Edge {
 
         let reloader =
             Arc::new(Reloader::new(config_file, live.clone(), cache.clone(), metrics.config.clone(), log, tls.clone()));
+        reloader.admin_token().replace(admin_token);
         let watcher = match reloader.path() {
             Some(_) if config.reload.watch_file => Some(reload::watch_file(reloader.clone(), config.reload.debounce)?),
             _ => None,
         };
 
-        let (reflection_v1, reflection_v1alpha) = crate::pb::reflection_services();
+        // Reflection lists what this port serves: the lookup contract and health.
+        let (reflection_v1, reflection_v1alpha) = crate::pb::reflection_services(
+            &[crate::pb::LOOKUP_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET],
+            &[crate::wire::merchant_lookup_server::SERVICE_NAME, tonic_health::pb::health_server::SERVICE_NAME],
+        );
         let lookup = MerchantLookupServer::new(LookupService::new(resolver.clone(), live.clone(), readiness.clone()))
             .max_decoding_message_size(config.server.max_request_bytes.get() as usize);
         let router = tonic::transport::Server::builder()

@@ -1,4 +1,5 @@
 //! Structured logs through `tracing`, to stderr, as text or JSON, with a level that a reload can change.
+use std::io::IsTerminal;
 use std::sync::Arc;
 
 use tracing_subscriber::EnvFilter;
@@ -37,7 +38,21 @@ pub fn init_logging(config: &LogConfig) -> Option<LogControl> {
         }};
     }
     match config.format {
-        LogFormat::Text => install!(tracing_subscriber::fmt()),
-        LogFormat::Json => install!(tracing_subscriber::fmt().json().flatten_event(true)),
+        LogFormat::Text => install!(tracing_subscriber::fmt().with_ansi(colour(&std::io::stderr()))),
+        // One object per line: the event's fields at the top level, the innermost span's fields under
+        // `span` and every enclosing span under `spans`, so a pipeline can group the lines of one reload.
+        LogFormat::Json => install!(tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_ansi(false)),
     }
+}
+
+/// Colour only for a person at a terminal: `serve > edge.log 2>&1` or a pipe to a log shipper must get
+/// plain text, not escape codes. `NO_COLOR` (https://no-color.org) turns it off at a terminal too; it
+/// is checked here because an explicit `with_ansi` overrides tracing-subscriber's own check.
+fn colour(stream: &impl IsTerminal) -> bool {
+    stream.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty())
 }

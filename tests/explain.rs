@@ -162,3 +162,66 @@ async fn invalidating_an_id_drops_its_entries_and_the_next_lookup_asks_the_core(
     assert_eq!(status, 400, "a malformed ID changes nothing: {body}");
     assert!(body.contains("rule `length`"), "{body}");
 }
+
+/// Runs the real `merchant-edge explain` against `edge`: (exit code, stdout, stderr).
+async fn explain_command(edge: &RunningEdge, args: &[&str]) -> (Option<i32>, String, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_merchant-edge"))
+        .arg("explain")
+        .args(args)
+        .args(["--admin", &edge.admin_addr.to_string()])
+        .output()
+        .await
+        .expect("run merchant-edge explain");
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap();
+    (output.status.code(), text(output.stdout), text(output.stderr))
+}
+
+/// Where a checklist line's sentence starts: after the mark, the step's name and the gap of spaces.
+fn sentence_column(line: &str) -> usize {
+    let named = &line["[ ok ] ".len()..];
+    let gap = named.find("  ").unwrap_or_else(|| panic!("no gap after the step name: {line:?}"));
+    let spaces = named[gap..].len() - named[gap..].trim_start().len();
+    "[ ok ] ".len() + gap + spaces
+}
+
+#[tokio::test]
+async fn the_explain_command_prints_an_aligned_checklist_with_the_verdict_last() {
+    let core = Core::start(1000).await;
+    let edge = warm_edge(&core).await;
+    let (code, stdout, stderr) = explain_command(&edge, &["89800000000042"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 7, "six steps and the verdict:\n{stdout}");
+    let (steps, verdict) = lines.split_at(6);
+    for line in steps {
+        assert!(["[ ok ] ", "[FAIL] ", "[ ?? ] "].iter().any(|mark| line.starts_with(mark)), "{line:?}");
+    }
+    let columns: Vec<usize> = steps.iter().map(|line| sentence_column(line)).collect();
+    assert!(columns.iter().all(|column| *column == columns[0]), "sentences not aligned:\n{stdout}");
+    assert!(steps[0].starts_with("[FAIL] merchant ID"), "{stdout}");
+    assert!(steps[0].contains("has 14 characters") && steps[0].contains("did you mean one of 898000000000042"));
+    assert!(steps[1].starts_with("[ ?? ] "), "stores are not checked for a malformed ID:\n{stdout}");
+    assert!(steps[5].contains("Merchant ID has the wrong length"), "{stdout}");
+    assert!(verdict[0].starts_with("verdict: format error: merchant_id has 14 characters"), "{stdout}");
+    assert!(!stdout.contains('{'), "no raw JSON in the checklist:\n{stdout}");
+
+    let (code, stdout, stderr) = explain_command(&edge, &[KNOWN]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[..6].iter().all(|line| line.starts_with("[ ok ] ")), "an ACTIVE cached merchant:\n{stdout}");
+    assert!(lines[6].starts_with("verdict: merchant exists and is ACTIVE"), "{stdout}");
+}
+
+#[tokio::test]
+async fn the_explain_command_with_json_prints_the_admin_report_as_one_document() {
+    let core = Core::start(1000).await;
+    let edge = warm_edge(&core).await;
+    let (code, stdout, stderr) = explain_command(&edge, &[UNKNOWN, "--json"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON document");
+    let direct = explain(&edge, UNKNOWN).await;
+    let keys = |value: &serde_json::Value| value.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&report), keys(&direct), "the admin endpoint's report, as it is");
+    assert_eq!(report["id"]["normalised"], UNKNOWN);
+    assert_eq!((reason(&report), verdict(&report)), (reason(&direct), verdict(&direct)));
+}

@@ -403,3 +403,53 @@ async fn certificates_are_replaced_by_a_reload() {
     assert!(body.contains("private key"), "{body}");
     assert_eq!(tls_lookup(&edge, &new.ca_pem(), None).await, Ok(true), "a failed reload keeps the running certificate");
 }
+
+#[tokio::test]
+async fn with_require_token_every_guarded_endpoint_needs_the_token_and_a_reload_rereads_it() {
+    let core = Core::start(1000).await;
+    let scratch = Scratch::new("admin-token");
+    let token_file = scratch.write("admin-token", "first-token\n");
+    let admin = format!("[admin]\nrequire_token = true\ntoken_file = \"{}\"\n", token_file.display());
+    let path = scratch.write("edge.toml", &config_text(&core, &admin));
+    let edge = edge_from_file(&path).await;
+    let addr = edge.admin_addr;
+    let guarded =
+        [("POST", "/reload"), ("GET", &format!("/debug/merchants/{KNOWN}")), ("POST", "/invalidate/898000000000007")];
+    for (method, endpoint) in guarded {
+        for wrong in [None, Some("guess")] {
+            let (status, head, body) = http_request_with_token(addr, method, endpoint, wrong).await;
+            assert_eq!(status, 401, "{method} {endpoint} with {wrong:?}: {body}");
+            assert!(head.to_ascii_lowercase().contains("www-authenticate: bearer"), "{head}");
+        }
+        let (status, _, body) = http_request_with_token(addr, method, endpoint, Some("first-token")).await;
+        assert_eq!(status, 200, "{method} {endpoint}: {body}");
+    }
+    for open in ["/livez", "/readyz", "/metrics", "/config"] {
+        assert_eq!(http_request_with_token(addr, "GET", open, None).await.0, 200, "{open} stays open");
+    }
+    let (_, effective) = http_get(addr, "/config").await;
+    assert!(effective.contains(&format!("token_file = \"{}\"", token_file.display())), "{effective}");
+    assert!(!effective.contains("first-token"), "the token itself is never shown: {effective}");
+
+    // A rotated token applies at the next reload; an unreadable token file rejects the reload whole.
+    std::fs::write(&token_file, "second-token").unwrap();
+    assert_eq!(http_request_with_token(addr, "POST", "/reload", Some("first-token")).await.0, 200);
+    assert_eq!(http_request_with_token(addr, "POST", "/reload", Some("first-token")).await.0, 401);
+    std::fs::remove_file(&token_file).unwrap();
+    let (status, _, body) = http_request_with_token(addr, "POST", "/reload", Some("second-token")).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("cannot read admin.token_file"), "{body}");
+    assert_eq!(http_request_with_token(addr, "POST", "/reload", Some("second-token")).await.0, 422, "token kept");
+}
+
+#[tokio::test]
+async fn loopback_callers_need_no_token_without_require_token() {
+    let core = Core::start(1000).await;
+    let edge = start_following_edge(edge_config(&core.url())).await;
+    let (status, _, body) =
+        http_request_with_token(edge.admin_addr, "GET", &format!("/debug/merchants/{KNOWN}"), None).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, _) = http_request_with_token(edge.admin_addr, "POST", "/invalidate/898000000000007", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(http_request_with_token(edge.admin_addr, "GET", "/nowhere", None).await.0, 404, "not a 401");
+}

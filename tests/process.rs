@@ -152,6 +152,52 @@ async fn sighup_reloads_the_config_and_the_log_level() {
 }
 
 #[tokio::test]
+async fn text_logs_to_a_pipe_carry_no_colour_escapes() {
+    let served = Served::start("plain-logs", config_text("", "")).await;
+    served.signal("-TERM");
+    let (status, stderr) = served.exit().await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("merchant-edge serving") && stderr.contains("drain clean"), "{stderr}");
+    assert!(!stderr.contains("\x1b["), "ANSI escapes in logs written to a pipe: {stderr:?}");
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_the_span_fields() {
+    let served = Served::start("json-logs", config_text("", "[log]\nformat = \"json\"\n")).await;
+    served.signal("-HUP");
+    wait_until("the SIGHUP reload is done", || async {
+        let (_, metrics) = http_get(served.admin, "/metrics").await;
+        metrics.contains(r#"merchant_edge_config_reloads_total{trigger="sighup",result="success"} 1"#)
+    })
+    .await;
+    let grpc = served.grpc;
+    served.signal("-TERM");
+    let (status, stderr) = served.exit().await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("\x1b["), "{stderr:?}");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not one JSON object ({e}): {line:?}")))
+        .collect();
+    for line in &lines {
+        for field in ["timestamp", "level", "target", "message"] {
+            assert!(line[field].is_string(), "{field} missing: {line}");
+        }
+    }
+    let find = |message: &str| {
+        lines.iter().find(|line| line["message"] == message).unwrap_or_else(|| panic!("no {message:?} in {stderr}"))
+    };
+    // Event fields sit at the top level.
+    assert_eq!(find("merchant-edge serving")["grpc_addr"], grpc.to_string());
+    // An event inside a span carries the span's fields, and the list of enclosing spans.
+    let reloaded = find("config reloaded");
+    assert_eq!(reloaded["span"]["name"], "reload", "{reloaded}");
+    assert_eq!(reloaded["span"]["trigger"], "Signal", "{reloaded}");
+    assert_eq!(reloaded["spans"][0]["name"], "reload", "{reloaded}");
+    find("drain clean: every call finished");
+}
+
+#[tokio::test]
 async fn the_lookup_client_speaks_tls() {
     let pki = Pki::new("process-tls");
     let (cert, key) = pki.issue("server", &["localhost", "127.0.0.1"]);

@@ -14,6 +14,7 @@ use tracing::Instrument;
 mod metrics;
 
 pub use self::metrics::{ConfigMetrics, ReloadTrigger};
+use crate::admin_auth::{AdminToken, TokenError};
 use crate::cache::Cache;
 use crate::config::{Config, ConfigError, LiveConfig};
 use crate::telemetry::LogControl;
@@ -31,6 +32,9 @@ pub enum ReloadError {
     #[error(transparent)]
     /// The TLS files it names cannot be used.
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    /// The admin token file cannot be used.
+    AdminToken(#[from] TokenError),
 }
 
 /// What a successful reload did.
@@ -52,6 +56,8 @@ pub struct Reloader {
     metrics: ConfigMetrics,
     log: Option<LogControl>,
     tls: Option<Arc<TlsSettings>>,
+    /// The admin bearer token, re-read from `admin.token_file` by every reload.
+    admin_token: Arc<AdminToken>,
     /// One reload at a time, whatever triggered it.
     serial: Mutex<()>,
 }
@@ -67,7 +73,7 @@ impl Reloader {
         tls: Option<Arc<TlsSettings>>,
     ) -> Self {
         metrics.loaded(&config.load().hash());
-        Self { path, config, cache, metrics, log, tls, serial: Mutex::new(()) }
+        Self { path, config, cache, metrics, log, tls, admin_token: Arc::default(), serial: Mutex::new(()) }
     }
 
     /// The config file, if the edge has one.
@@ -75,10 +81,20 @@ impl Reloader {
         self.path.as_deref()
     }
 
+    /// The admin token in force. Empty until the starter stores the one read at start (so guarded
+    /// endpoints refuse remote callers, and loopback ones under `require_token`, rather than let them in).
+    pub fn admin_token(&self) -> &Arc<AdminToken> {
+        &self.admin_token
+    }
+
     /// Reloads the config file, or changes nothing and says why.
     pub async fn reload(&self, trigger: ReloadTrigger) -> Result<ReloadReport, ReloadError> {
+        // Every event of one reload carries its trigger (as the span `reload`), so the lines it logs
+        // can be told apart from a concurrent one's in a JSON pipeline.
+        let span = tracing::info_span!("reload", ?trigger);
         let _serial = self.serial.lock().await;
-        let result = self.reload_file().await;
+        let result = self.reload_file().instrument(span.clone()).await;
+        let _in_span = span.enter();
         // Without a file nothing was tried, and the running config is not in doubt.
         if !matches!(result, Err(ReloadError::NoFile)) {
             self.metrics.reloaded(trigger, result.is_ok());
@@ -113,12 +129,14 @@ impl Reloader {
             (Some(settings), Some(config)) => Some((settings, tls::load(config)?)),
             _ => None,
         };
+        let admin_token = crate::admin_auth::read_token(&next.admin)?;
         let applied = next.changed_keys(&running);
         let config_hash = next.hash();
         self.config.store(Arc::new(next.clone()));
         if let Some((settings, config)) = tls {
             settings.replace(config);
         }
+        self.admin_token.replace(admin_token);
         // Only a changed level is installed, so a reload of other keys keeps a RUST_LOG filter.
         if let (Some(log), true) = (&self.log, next.log.level != running.log.level) {
             if let Err(error) = log.set_level(&next.log.level) {

@@ -42,7 +42,10 @@ impl Simulator {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
-        let (reflection_v1, reflection_v1alpha) = crate::pb::reflection_services();
+        let (reflection_v1, reflection_v1alpha) = crate::pb::reflection_services(
+            &[crate::pb::CORE_DESCRIPTOR_SET],
+            &[crate::pb::merchant_core_server::SERVICE_NAME, crate::pb::core_admin_server::SERVICE_NAME],
+        );
         tonic::transport::Server::builder()
             .add_service(MerchantCoreServer::new(CoreService(self.state.clone())))
             .add_service(CoreAdminServer::new(AdminService(self.state.clone())))

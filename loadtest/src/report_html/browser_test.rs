@@ -221,6 +221,8 @@ fn check_shown_numbers(elements: &[Element], report: &Value) {
         let Some(key) = element.attributes.get("data-key") else { continue };
         let value: f64 = element.attributes["data-value"].parse().unwrap();
         let expected = lookup(report, key).as_f64().unwrap_or_else(|| panic!("{key} is not a number"));
+        // Exact: the page prints the shortest form that reads back as the same double, and the report is
+        // parsed with serde_json's correctly rounded float parser (feature `float_roundtrip`).
         assert_eq!(value, expected, "{key}: data-value against the JSON report");
         let text = element.text.trim();
         let number = |suffix: &str| -> f64 {
