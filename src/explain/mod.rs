@@ -240,7 +240,11 @@ fn feed_state(feed: &FeedView) -> String {
     if !feed.connected {
         format!("the feed has been down for {:.0} s", feed.lag_seconds.floor())
     } else if feed.lag_notices > 0 {
-        format!("the feed is {} notices ({:.1} s) behind", feed.lag_notices, feed.lag_seconds)
+        format!(
+            "the feed is {} ({:.1} s) behind",
+            crate::text::count(feed.lag_notices, "notice", "notices"),
+            feed.lag_seconds
+        )
     } else {
         "the feed is connected and caught up".into()
     }

@@ -274,7 +274,7 @@ impl ChangeFeed {
                     let now = Instant::now();
                     if self.state.behind_for(patience, now) && now.duration_since(last_progress) >= patience {
                         let lag = self.state.lag(Instant::now());
-                        return (StreamEnd::Reconnect(format!("stalled: {} notices behind for {:?}", lag.notices, lag.duration)), applied_any);
+                        return (StreamEnd::Reconnect(format!("stalled: {} behind for {:?}", crate::text::count(lag.notices, "notice", "notices"), lag.duration)), applied_any);
                     }
                 }
             }
