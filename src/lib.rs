@@ -20,6 +20,7 @@
 //!   accept loop that pauses on errors instead of spinning.
 //! - [`shared`]: the handles the parts of a running edge share.
 //! - [`server`]: assembles a running edge from a config and bound listeners, and drains it.
+//! - [`relay`]: `merchant-edge relay`: the core's change notices into a NATS JetStream stream, each once.
 //! - [`sim`]: the bank-core simulator (`core-sim`, and the embedded default upstream).
 //! - [`client`], [`commands`]: the `lookup` and `explain` clients and the binary's subcommands.
 //! - [`pb`]: generated protobuf code; [`wire`]: the server's encoding of the lookup contract, with
@@ -37,6 +38,7 @@ pub mod merchant_id;
 pub mod metrics;
 pub mod pb;
 pub mod readiness;
+pub mod relay;
 pub mod reload;
 pub mod resolver;
 pub mod server;
