@@ -86,8 +86,10 @@ pub struct RelayMetrics {
     markers: Family<ReasonLabels, Counter>,
     /// The stream exists (found or created) and the relay knows its tail.
     stream_ready: AtomicBool,
-    /// The last problem on either side, for `/readyz` (never holds a credential).
+    /// The last problem the relay's loop met, for `/readyz` (never holds a credential).
     last_error: Mutex<Option<String>>,
+    /// Why the NATS connection is down (a refused login, say), until it is up again.
+    nats_error: Mutex<Option<String>>,
 }
 
 impl Default for RelayMetrics {
@@ -119,6 +121,7 @@ impl RelayMetrics {
             markers: Family::default(),
             stream_ready: AtomicBool::new(false),
             last_error: Mutex::new(None),
+            nats_error: Mutex::new(None),
         };
         // Every labelled series exists from the start, so rates and alerts work before the first event.
         for by in [RefusedBy::MsgId, RefusedBy::ExpectedLast] {
@@ -235,6 +238,10 @@ impl RelayMetrics {
         *self.last_error.lock() = error;
     }
 
+    pub fn set_nats_error(&self, error: Option<String>) {
+        *self.nats_error.lock() = error;
+    }
+
     /// Ready while both sides are connected and the stream's tail is known; otherwise why not.
     pub fn readiness(&self) -> Result<(), String> {
         let mut missing = Vec::new();
@@ -251,6 +258,10 @@ impl RelayMetrics {
             return Ok(());
         }
         let mut why = missing.join("; ");
+        if let Some(error) = self.nats_error.lock().as_ref() {
+            why.push_str("; NATS connection: ");
+            why.push_str(error);
+        }
         if let Some(error) = self.last_error.lock().as_ref() {
             why.push_str("; last error: ");
             why.push_str(error);

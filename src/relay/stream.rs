@@ -99,6 +99,7 @@ fn on_event(metrics: &RelayMetrics, connected_once: &std::sync::atomic::AtomicBo
     match event {
         Event::Connected => {
             metrics.nats_connected.set(1);
+            metrics.set_nats_error(None);
             if connected_once.swap(true, Ordering::Relaxed) {
                 metrics.reconnect(Side::Nats);
             }
@@ -108,10 +109,15 @@ fn on_event(metrics: &RelayMetrics, connected_once: &std::sync::atomic::AtomicBo
             metrics.nats_connected.set(0);
             tracing::warn!(%event, "relay: NATS connection lost; reconnecting");
         }
-        // Authorization failures arrive here: say so on /readyz (the message names no credential).
+        // A refused login arrives as one of these (which one depends on when the server refused): say
+        // so on /readyz. The messages name no credential.
         Event::ServerError(error) => {
             tracing::warn!(%error, "relay: NATS server error");
-            metrics.set_error(Some(format!("NATS server: {error}")));
+            metrics.set_nats_error(Some(format!("server: {error}")));
+        }
+        Event::ClientError(error) => {
+            tracing::warn!(%error, "relay: cannot connect to NATS");
+            metrics.set_nats_error(Some(format!("{error}")));
         }
         other => tracing::info!(event = %other, "relay: NATS event"),
     }
