@@ -10,13 +10,15 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull::OrderedConfig;
 use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
 use common::{http_get, loopback, Core};
 use futures::StreamExt;
 use merchant_edge::pb::core_admin_client::CoreAdminClient;
-use merchant_edge::pb::{DeleteMerchantRequest, Merchant, UpsertMerchantRequest};
+use merchant_edge::pb::{ChangeNotice, DeleteMerchantRequest, Merchant, SetFaultsRequest, UpsertMerchantRequest};
 use merchant_edge::relay::config::{DEFAULT_STREAM, DEFAULT_SUBJECT};
+use merchant_edge::relay::stream::{Appended, Publisher};
 use merchant_edge::relay::{
-    self, Entry, NatsAuth, Position, Relay, RelayConfig, RelayError, RelayMetrics, ResyncReason,
+    self, Entry, NatsAuth, Position, Relay, RelayConfig, RelayError, RelayMetrics, ResyncReason, StreamLimits,
 };
 use merchant_edge::sim::Simulator;
 use nats::{NatsServer, User};
@@ -385,4 +387,120 @@ async fn the_relay_logs_in_with_user_and_password_and_never_shows_the_password()
     let (code, body) = http_get(relay.admin, "/readyz").await;
     assert_eq!(code, 200, "{body}");
     assert!(!format!("{body}{}", relay.metrics.encode()).contains(&user.password));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_refuses_an_append_onto_a_stale_tail_and_acknowledges_a_repeat_without_storing_it() {
+    // What the relay's guarantees rest on, checked against the server the tests (and CI) run.
+    let core = Core::start(10).await;
+    let nats = NatsServer::start().await;
+    let config = relay_config(&core, &nats);
+    let publisher = Publisher::open(nats.client().await, &config).await.expect("the stream is created");
+    let notice = |sequence| ChangeNotice { sequence, incarnation: "inc".into(), ..Default::default() };
+
+    let Appended::Stored(first) = publisher.append_notice(None, &notice(1)).await.unwrap() else {
+        panic!("the first append onto an empty subject is stored")
+    };
+    assert_eq!(publisher.append_notice(None, &notice(2)).await.unwrap(), Appended::TailMoved, "0 = empty only");
+    let Appended::Stored(second) = publisher.append_notice(Some(&first), &notice(2)).await.unwrap() else {
+        panic!("an append onto the real tail is stored")
+    };
+    assert_eq!(publisher.append_notice(Some(&first), &notice(3)).await.unwrap(), Appended::TailMoved);
+    assert_eq!(
+        publisher.append_notice(Some(&first), &notice(2)).await.unwrap(),
+        Appended::Duplicate(second.clone()),
+        "a repeat within the duplicate window is acknowledged with the original's sequence"
+    );
+    assert_eq!(publisher.tail().await.unwrap(), Some(second));
+
+    let js = async_nats::jetstream::new(nats.client().await);
+    let mut stream = js.get_stream(DEFAULT_STREAM).await.unwrap();
+    let settings = stream.info().await.unwrap().config.clone();
+    let limits = StreamLimits::default();
+    assert_eq!(settings.subjects, vec![DEFAULT_SUBJECT.to_owned()]);
+    assert_eq!(settings.storage, StorageType::File);
+    assert_eq!(
+        (settings.max_age, settings.max_messages, settings.duplicate_window),
+        (limits.max_age, limits.max_messages, limits.duplicate_window)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_stream_is_used_as_it_is_and_one_without_the_subject_stops_the_relay() {
+    let core = Core::start(1_000).await;
+    let nats = NatsServer::start().await;
+    let js = async_nats::jetstream::new(nats.client().await);
+    let operator = StreamConfig {
+        name: DEFAULT_STREAM.into(),
+        subjects: vec!["merchant.>".into()],
+        max_age: Duration::from_secs(3600),
+        max_messages: 5_000,
+        ..Default::default()
+    };
+    js.create_stream(operator.clone()).await.unwrap();
+    let incarnation = core.stats().await.incarnation;
+    let relay = RunningRelay::start(relay_config(&core, &nats)).await;
+    let head = churn(&core, 0, 10).await;
+    wait_for_tail(&js, &incarnation, head).await;
+    let settings = js.get_stream(DEFAULT_STREAM).await.unwrap().info().await.unwrap().config.clone();
+    assert_eq!((settings.max_age, settings.max_messages), (operator.max_age, operator.max_messages));
+    relay.kill().await;
+
+    let mut config = relay_config(&core, &nats);
+    config.nats.subject = "payments.changes".into();
+    let relay = Relay::new(config, loopback().await);
+    let stopped = tokio::time::timeout(PATIENCE, relay.run(std::future::pending())).await.expect("the relay stops");
+    let error = stopped.expect_err("a stream that does not take the subject is the operator's to fix");
+    assert!(matches!(error, RelayError::SubjectNotInStream { .. }), "{error}");
+    assert!(error.to_string().contains("--subject"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gaps_repeats_and_dropped_watches_at_the_core_leave_the_stream_contiguous() {
+    let core = Core::start(1_000).await;
+    let nats = NatsServer::start().await;
+    let js = async_nats::jetstream::new(nats.client().await);
+    let incarnation = core.stats().await.incarnation;
+    let relay = RunningRelay::start(relay_config(&core, &nats)).await;
+    let head = churn(&core, 0, 10).await;
+    wait_for_tail(&js, &incarnation, head).await;
+
+    core.set_faults(SetFaultsRequest { skip_notices: 3, ..Default::default() }).await;
+    let head = churn(&core, 10, 10).await;
+    wait_for_tail(&js, &incarnation, head).await;
+    assert!(relay.metrics.gaps.get() >= 1);
+
+    core.set_faults(SetFaultsRequest { duplicate_notices: true, ..Default::default() }).await;
+    let head = churn(&core, 20, 10).await;
+    wait_for_tail(&js, &incarnation, head).await;
+    // The repeat of the last notice may arrive just after the tail shows the notice itself.
+    eventually("the core's repeats are skipped", || async { (relay.metrics.skipped.get() >= 10).then_some(()) }).await;
+
+    core.set_faults(SetFaultsRequest { drop_streams: true, ..Default::default() }).await;
+    let dropped_head = churn(&core, 30, 10).await;
+    eventually("the relay sees the watch dropped", || async {
+        (relay.metrics.core_connected.get() == 0).then_some(())
+    })
+    .await;
+    core.set_faults(SetFaultsRequest::default()).await;
+    wait_for_tail(&js, &incarnation, dropped_head).await;
+
+    assert_eq!(positions(&read_stream(&js).await), notices(&incarnation, 1..=dropped_head));
+    let text = relay.metrics.encode();
+    assert!(metric(&text, "merchant_edge_relay_reconnects_total{side=\"core\"}") >= 2.0, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_stops_cleanly_when_its_shutdown_future_completes() {
+    let core = Core::start(10).await;
+    let nats = NatsServer::start().await;
+    let relay = Relay::new(relay_config(&core, &nats), loopback().await);
+    let metrics = relay.metrics();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(relay.run(async { drop(stopped.await) }));
+    eventually("the relay is ready", || async { metrics.readiness().ok() }).await;
+    stop.send(()).unwrap();
+    let result = tokio::time::timeout(PATIENCE, task).await.expect("the relay stops").unwrap();
+    assert!(result.is_ok(), "{result:?}");
+    eventually("its watch is closed", || async { (core.stats().await.watch_streams_open == 0).then_some(()) }).await;
 }
