@@ -504,3 +504,47 @@ async fn the_relay_stops_cleanly_when_its_shutdown_future_completes() {
     assert!(result.is_ok(), "{result:?}");
     eventually("its watch is closed", || async { (core.stats().await.watch_streams_open == 0).then_some(()) }).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_emptied_by_the_streams_limits_goes_on_from_the_core_head_after_a_too_old_marker() {
+    let core = Core::start(1_000).await;
+    let nats = NatsServer::start().await;
+    let js = async_nats::jetstream::new(nats.client().await);
+    let incarnation = core.stats().await.incarnation;
+    let relay = RunningRelay::start(relay_config(&core, &nats)).await;
+    let before = churn(&core, 0, 10).await;
+    wait_for_tail(&js, &incarnation, before).await;
+
+    // A purge empties the subject as max_age or max_messages would: where the stream was is gone.
+    js.get_stream(DEFAULT_STREAM).await.unwrap().purge().await.unwrap();
+    let head = churn(&core, 10, 5).await;
+    wait_for_tail(&js, &incarnation, head).await;
+    let entries = positions(&read_stream(&js).await);
+    let (marker_incarnation, resumed_at, reason) = entries[0].clone();
+    assert_eq!(
+        (marker_incarnation.as_str(), reason),
+        (incarnation.as_str(), Some(ResyncReason::TooOld)),
+        "{entries:?}"
+    );
+    assert!((before..=head).contains(&resumed_at), "{entries:?}");
+    assert_eq!(entries[1..], notices(&incarnation, resumed_at + 1..=head)[..]);
+    let text = relay.metrics.encode();
+    assert_eq!(metric(&text, "merchant_edge_relay_resync_markers_total{reason=\"too_old\"}"), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_stream_is_created_again_with_the_cores_kept_history() {
+    let core = Core::start(1_000).await;
+    let nats = NatsServer::start().await;
+    let js = async_nats::jetstream::new(nats.client().await);
+    let incarnation = core.stats().await.incarnation;
+    let relay = RunningRelay::start(relay_config(&core, &nats)).await;
+    let head = churn(&core, 0, 10).await;
+    wait_for_tail(&js, &incarnation, head).await;
+
+    js.delete_stream(DEFAULT_STREAM).await.unwrap();
+    let head = churn(&core, 10, 5).await;
+    wait_for_tail(&js, &incarnation, head).await;
+    assert_eq!(positions(&read_stream(&js).await), notices(&incarnation, 1..=head));
+    eventually("the relay is ready again", || async { relay.metrics.readiness().ok() }).await;
+}

@@ -91,6 +91,8 @@ pub struct Follower {
     stall_timeout: Duration,
     /// The tail at the last gaps, and how many gaps in a row happened there.
     gap_streak: (Option<Position>, u32),
+    /// A NATS step failed: look the stream up again before the next round.
+    reopen: bool,
 }
 
 impl Follower {
@@ -101,7 +103,7 @@ impl Follower {
         backoff: Backoff,
         stall_timeout: Duration,
     ) -> Self {
-        Self { core, publisher, metrics, backoff, stall_timeout, gap_streak: (None, 0) }
+        Self { core, publisher, metrics, backoff, stall_timeout, gap_streak: (None, 0), reopen: false }
     }
 
     /// Relays until a failure no retry can fix (the caller stops it by dropping the future).
@@ -111,7 +113,10 @@ impl Follower {
             let next = match self.round().await {
                 Ok(next) => next,
                 Err(NatsError::Fatal(error)) => return error,
-                Err(NatsError::Retry(why)) => pause(Side::Nats, why, false),
+                Err(NatsError::Retry(why)) => {
+                    self.reopen = true;
+                    pause(Side::Nats, why, false)
+                }
             };
             self.metrics.core_connected.set(0);
             let (side, why, progressed) = match next {
@@ -140,9 +145,20 @@ impl Follower {
 
     /// One watch: from reading the tail to the watch's end.
     async fn round(&mut self) -> Result<Next, NatsError> {
+        if self.reopen {
+            self.metrics.set_stream_ready(false);
+            self.publisher.reopen().await?;
+            self.reopen = false;
+        }
         let tail = self.publisher.tail().await?;
         self.metrics.set_stream_ready(true);
         self.note_tail(tail.as_ref());
+        if tail.is_none() && self.publisher.ever_stored().await? {
+            // The stream's limits (max age, max messages) removed every message on the subject: where
+            // the stream was is unknown, so it goes on from the core's head after a too-old marker
+            // rather than replaying the core's whole kept history.
+            return self.break_history(None, "the stream's messages on the subject are gone (expired)").await;
+        }
         let after = tail.as_ref().map_or(0, |t| t.position.sequence);
         let mut watch = match self.core.watch(after).await {
             Ok(watch) => watch,
@@ -191,7 +207,6 @@ impl Follower {
             }
             received = received.max(notice.sequence);
             last_received = Instant::now();
-            self.metrics.set_applied(notice.sequence);
             // The same notice is judged again after the tail moved under it.
             loop {
                 match step(tail.as_ref().map(|t| &t.position), &notice) {
@@ -221,12 +236,19 @@ impl Follower {
                         }
                         Appended::TailMoved => {
                             self.metrics.refused(RefusedBy::ExpectedLast);
+                            let had_tail = tail.is_some();
                             tail = self.publisher.tail().await?;
                             self.note_tail(tail.as_ref());
+                            if had_tail && tail.is_none() {
+                                // Emptied under us (purged, or expired): the next round decides from scratch.
+                                return Ok(Next::Now);
+                            }
                         }
                     },
                 }
             }
+            // In order (appended, or already in the stream): the watch is applied up to here.
+            self.metrics.set_applied(notice.sequence);
         }
     }
 

@@ -154,68 +154,102 @@ pub fn subject_matches(filter: &str, subject: &str) -> bool {
     tokens.next().is_none()
 }
 
+/// Finds the stream, or creates it with `limits`.
+async fn find_or_create(
+    js: &Context,
+    nats: &NatsConfig,
+    limits: &StreamLimits,
+) -> Result<jetstream::stream::Stream, NatsError> {
+    let retry = |what: &str, e: &dyn std::fmt::Display| NatsError::Retry(format!("{what} stream {}: {e}", nats.stream));
+    let stream = match js.get_stream(&nats.stream).await {
+        Ok(stream) => stream,
+        Err(error) => match error.kind() {
+            jetstream::context::GetStreamErrorKind::JetStream(e)
+                if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+            {
+                // Two relays starting together may both get here; the server creates the stream once
+                // and answers the second identical request with the same stream (or an error, which
+                // the retry turns into the lookup above).
+                let stream =
+                    js.create_stream(new_stream_config(nats, limits)).await.map_err(|e| retry("creating", &e))?;
+                tracing::info!(
+                    stream = nats.stream, subject = nats.subject, max_age = ?limits.max_age,
+                    max_messages = limits.max_messages, duplicate_window = ?limits.duplicate_window,
+                    "relay: created the stream (file storage, limits retention, discard old)"
+                );
+                stream
+            }
+            _ => return Err(retry("reading", &error)),
+        },
+    };
+    let settings = &stream.cached_info().config;
+    if !settings.subjects.iter().any(|filter| subject_matches(filter, &nats.subject)) {
+        return Err(RelayError::SubjectNotInStream {
+            stream: nats.stream.clone(),
+            subject: nats.subject.clone(),
+            subjects: settings.subjects.clone(),
+        }
+        .into());
+    }
+    if settings.duplicate_window < Duration::from_secs(1) {
+        tracing::warn!(
+            stream = nats.stream, duplicate_window = ?settings.duplicate_window,
+            "relay: the stream's duplicate window is (nearly) off; ordering still holds (expected last \
+             sequence), but a publish whose ack was lost is refused instead of acknowledged"
+        );
+    }
+    tracing::info!(
+        stream = nats.stream, subjects = ?settings.subjects, storage = ?settings.storage,
+        max_age = ?settings.max_age, max_messages = settings.max_messages, max_bytes = settings.max_bytes,
+        duplicate_window = ?settings.duplicate_window, replicas = settings.num_replicas,
+        "relay: using the stream's settings"
+    );
+    Ok(stream)
+}
+
 pub struct Publisher {
     js: Context,
     stream: jetstream::stream::Stream,
+    nats: NatsConfig,
+    limits: StreamLimits,
     stream_name: String,
     subject: String,
 }
 
 impl Publisher {
-    /// Finds the stream, or creates it with `limits`. An existing stream is used as it is (its limits
-    /// are the operator's), provided it takes the relay's subject.
+    /// Finds the stream, or creates it with the config's limits. An existing stream is used as it is
+    /// (its limits are the operator's), provided it takes the relay's subject.
     pub async fn open(client: async_nats::Client, config: &RelayConfig) -> Result<Self, NatsError> {
         let nats = &config.nats;
         let js = jetstream::ContextBuilder::new().timeout(nats.request_timeout).build(client);
-        let retry =
-            |what: &str, e: &dyn std::fmt::Display| NatsError::Retry(format!("{what} stream {}: {e}", nats.stream));
-        let stream = match js.get_stream(&nats.stream).await {
-            Ok(stream) => stream,
-            Err(error) => match error.kind() {
-                jetstream::context::GetStreamErrorKind::JetStream(e)
-                    if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
-                {
-                    // Two relays starting together may both get here; the server creates the stream once
-                    // and answers the second identical request with the same stream (or an error, which
-                    // the retry turns into the lookup above).
-                    let stream = js
-                        .create_stream(new_stream_config(nats, &config.limits))
-                        .await
-                        .map_err(|e| retry("creating", &e))?;
-                    let limits = &config.limits;
-                    tracing::info!(
-                        stream = nats.stream, subject = nats.subject, max_age = ?limits.max_age,
-                        max_messages = limits.max_messages, duplicate_window = ?limits.duplicate_window,
-                        "relay: created the stream (file storage, limits retention, discard old)"
-                    );
-                    stream
-                }
-                _ => return Err(retry("reading", &error)),
-            },
-        };
-        let settings = &stream.cached_info().config;
-        if !settings.subjects.iter().any(|filter| subject_matches(filter, &nats.subject)) {
-            return Err(RelayError::SubjectNotInStream {
-                stream: nats.stream.clone(),
-                subject: nats.subject.clone(),
-                subjects: settings.subjects.clone(),
-            }
-            .into());
-        }
-        if settings.duplicate_window < Duration::from_secs(1) {
-            tracing::warn!(
-                stream = nats.stream, duplicate_window = ?settings.duplicate_window,
-                "relay: the stream's duplicate window is (nearly) off; ordering still holds (expected last \
-                 sequence), but a publish whose ack was lost is refused instead of acknowledged"
-            );
-        }
-        tracing::info!(
-            stream = nats.stream, subjects = ?settings.subjects, storage = ?settings.storage,
-            max_age = ?settings.max_age, max_messages = settings.max_messages, max_bytes = settings.max_bytes,
-            duplicate_window = ?settings.duplicate_window, replicas = settings.num_replicas,
-            "relay: using the stream's settings"
-        );
-        Ok(Self { js, stream, stream_name: nats.stream.clone(), subject: nats.subject.clone() })
+        let stream = find_or_create(&js, nats, &config.limits).await?;
+        Ok(Self {
+            js,
+            stream,
+            nats: nats.clone(),
+            limits: config.limits.clone(),
+            stream_name: nats.stream.clone(),
+            subject: nats.subject.clone(),
+        })
+    }
+
+    /// Looks the stream up again (after a failure: an operator may have deleted or replaced it, and a
+    /// deleted one is created anew).
+    pub async fn reopen(&mut self) -> Result<(), NatsError> {
+        self.stream = find_or_create(&self.js, &self.nats, &self.limits).await?;
+        Ok(())
+    }
+
+    /// Whether the stream ever stored a message (its last stream sequence is past 0): an empty subject
+    /// in such a stream lost its messages to the stream's limits (or never had any, in a stream shared
+    /// with other subjects).
+    pub async fn ever_stored(&self) -> Result<bool, NatsError> {
+        let info = self
+            .stream
+            .get_info()
+            .await
+            .map_err(|e| NatsError::Retry(format!("reading the state of stream {}: {e}", self.stream_name)))?;
+        Ok(info.state.last_sequence > 0)
     }
 
     /// The stream's last message on the subject, or `None` when there is none yet.
