@@ -548,3 +548,47 @@ async fn a_deleted_stream_is_created_again_with_the_cores_kept_history() {
     assert_eq!(positions(&read_stream(&js).await), notices(&incarnation, 1..=head));
     eventually("the relay is ready again", || async { relay.metrics.readiness().ok() }).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_command_relays_with_a_password_file_and_exits_cleanly_on_sigterm() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+    let user = User { name: "relay".into(), password: "pw-from-a-file".into() };
+    let core = Core::start(1_000).await;
+    let nats = NatsServer::start_with_user(&user).await;
+    let js = async_nats::jetstream::new(nats.client_as(&user).await);
+    let incarnation = core.stats().await.incarnation;
+    let secrets = common::Scratch::new(&format!("relay-command-{}", nats.port));
+    let password_file = secrets.write("password", &format!("{}\n", user.password));
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_merchant-edge"))
+        .args(["relay", "--core", &core.url(), "--nats", &nats.url(), "--admin", "127.0.0.1:0"])
+        .args(["--nats-user", &user.name, "--nats-password-file"])
+        .arg(&password_file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start merchant-edge relay");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let banner = tokio::time::timeout(PATIENCE, stdout.next_line()).await.expect("a banner").unwrap().unwrap();
+    // "merchant-edge relay: admin http://127.0.0.1:PORT (/livez, /readyz, /metrics)"
+    let admin: SocketAddr = banner.split_whitespace().nth(3).unwrap().trim_start_matches("http://").parse().unwrap();
+    eventually("the relay process is ready", || async { (http_get(admin, "/readyz").await.0 == 200).then_some(()) })
+        .await;
+    let head = churn(&core, 0, 5).await;
+    wait_for_tail(&js, &incarnation, head).await;
+    assert_eq!(core.stats().await.watch_streams_open, 1);
+
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let mut stderr = String::new();
+    let mut pipe = child.stderr.take().unwrap();
+    let status = tokio::time::timeout(PATIENCE, async {
+        pipe.read_to_string(&mut stderr).await.unwrap();
+        child.wait().await.unwrap()
+    })
+    .await
+    .expect("the relay exits after SIGTERM");
+    assert!(status.success(), "{status}\n{stderr}");
+    assert!(!format!("{banner}{stderr}").contains(&user.password), "{stderr}");
+}

@@ -116,8 +116,8 @@ fn position_headers(position: &Position, msg_id: String) -> HeaderMap {
     headers
 }
 
-/// Headers and payload for a notice. `incarnation` fills in a notice that does not name its own
-/// (the stream header of `WatchChanges` named it), so every stored notice does.
+/// Headers and payload for a notice. The notice must name its incarnation (the relay fills it in from
+/// the `WatchChanges` header when a core leaves it out), so every stored notice does.
 pub fn encode_notice(notice: &ChangeNotice) -> (HeaderMap, Bytes) {
     let position = Position { incarnation: notice.incarnation.clone(), sequence: notice.sequence };
     (position_headers(&position, notice_msg_id(&position)), Bytes::from(notice.encode_to_vec()))
