@@ -21,7 +21,7 @@ use merchant_edge::relay::{
     self, Entry, NatsAuth, Position, Relay, RelayConfig, RelayError, RelayMetrics, ResyncReason, StreamLimits,
 };
 use merchant_edge::sim::Simulator;
-use nats::{NatsServer, User};
+use nats::{NatsServer, Tls, User};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -360,7 +360,7 @@ async fn the_relay_logs_in_with_user_and_password_and_never_shows_the_password()
     let user = User { name: "relay".into(), password: "s3cret-pw".into() };
     let core = Core::start(1_000).await;
     let nats = NatsServer::start_with_user(&user).await;
-    let js = async_nats::jetstream::new(nats.client_as(&user).await);
+    let js = async_nats::jetstream::new(nats.client().await);
     let incarnation = core.stats().await.incarnation;
     let secrets = common::Scratch::new(&format!("relay-auth-{}", nats.port));
 
@@ -555,7 +555,7 @@ async fn the_relay_command_relays_with_a_password_file_and_exits_cleanly_on_sigt
     let user = User { name: "relay".into(), password: "pw-from-a-file".into() };
     let core = Core::start(1_000).await;
     let nats = NatsServer::start_with_user(&user).await;
-    let js = async_nats::jetstream::new(nats.client_as(&user).await);
+    let js = async_nats::jetstream::new(nats.client().await);
     let incarnation = core.stats().await.incarnation;
     let secrets = common::Scratch::new(&format!("relay-command-{}", nats.port));
     let password_file = secrets.write("password", &format!("{}\n", user.password));
@@ -591,4 +591,29 @@ async fn the_relay_command_relays_with_a_password_file_and_exits_cleanly_on_sigt
     .expect("the relay exits after SIGTERM");
     assert!(status.success(), "{status}\n{stderr}");
     assert!(!format!("{banner}{stderr}").contains(&user.password), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_talks_tls_to_a_nats_server_it_trusts_through_the_given_ca() {
+    let pki = common::Pki::new("relay-nats-tls");
+    let (cert, key) = pki.issue("nats", &["localhost", "127.0.0.1"]);
+    let tls = Tls { cert, key, ca: pki.scratch.0.join("ca.pem") };
+    let core = Core::start(1_000).await;
+    let nats = NatsServer::start_with_tls(&tls).await;
+    let js = async_nats::jetstream::new(nats.client().await);
+    let incarnation = core.stats().await.incarnation;
+
+    let mut config = relay_config(&core, &nats);
+    config.nats.tls_ca = Some(tls.ca.clone());
+    let relay = RunningRelay::start(config).await;
+    let head = churn(&core, 0, 10).await;
+    wait_for_tail(&js, &incarnation, head).await;
+    assert_eq!(positions(&read_stream(&js).await), notices(&incarnation, 1..=head));
+    eventually("the relay is ready", || async { relay.metrics.readiness().ok() }).await;
+
+    let mut config = relay_config(&core, &nats);
+    config.nats.tls_ca = Some(pki.scratch.0.join("missing-ca.pem"));
+    let error = Relay::new(config, loopback().await).run(std::future::pending()).await.unwrap_err();
+    assert!(matches!(error, RelayError::TlsCa(_)), "{error}");
+    assert!(error.to_string().contains("--nats-tls-ca"), "{error}");
 }

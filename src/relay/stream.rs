@@ -89,7 +89,8 @@ pub async fn connect(config: &RelayConfig, metrics: Arc<RelayMetrics>) -> Result
             let (metrics, connected_once) = (events.clone(), connected_once.clone());
             async move { on_event(&metrics, &connected_once, event) }
         })
-        .connect(nats.url.as_str())
+        // Several servers (a cluster) as a comma-separated list: the client fails over between them.
+        .connect(nats.url.split(',').map(str::trim).collect::<Vec<_>>())
         .await
         .map_err(|e| RelayError::NatsUrl { url: nats.url.clone(), reason: e.to_string() })
 }

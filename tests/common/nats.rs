@@ -19,11 +19,21 @@ pub struct User {
     pub password: String,
 }
 
+/// PEM files for a server that speaks TLS only.
+#[derive(Clone)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The CA that signed `cert`, for clients.
+    pub ca: PathBuf,
+}
+
 pub struct NatsServer {
     pub port: u16,
     dir: PathBuf,
     config: PathBuf,
     user: Option<User>,
+    tls: Option<Tls>,
     child: Option<Child>,
 }
 
@@ -35,15 +45,20 @@ fn free_port() -> u16 {
 
 impl NatsServer {
     pub async fn start() -> Self {
-        Self::start_with(None).await
+        Self::start_with(None, None).await
     }
 
     /// A server that admits only `user` (JetStream on, in the default account).
     pub async fn start_with_user(user: &User) -> Self {
-        Self::start_with(Some(user)).await
+        Self::start_with(Some(user), None).await
     }
 
-    async fn start_with(user: Option<&User>) -> Self {
+    /// A server that speaks TLS only.
+    pub async fn start_with_tls(tls: &Tls) -> Self {
+        Self::start_with(None, Some(tls)).await
+    }
+
+    async fn start_with(user: Option<&User>, tls: Option<&Tls>) -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "merchant-edge-nats-{}-{}",
@@ -63,15 +78,24 @@ impl NatsServer {
                 user.name, user.password
             ));
         }
+        if let Some(tls) = tls {
+            config.push_str(&format!(
+                "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n}}\n",
+                tls.cert.display().to_string(),
+                tls.key.display().to_string()
+            ));
+        }
         let config_path = dir.join("nats.conf");
         std::fs::write(&config_path, config).unwrap();
-        let mut server = Self { port, dir, config: config_path, user: user.cloned(), child: None };
+        let mut server = Self { port, dir, config: config_path, user: user.cloned(), tls: tls.cloned(), child: None };
         server.spawn().await;
         server
     }
 
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        // Over TLS by the name the test certificate is issued for.
+        let host = if self.tls.is_some() { "localhost" } else { "127.0.0.1" };
+        format!("nats://{host}:{}", self.port)
     }
 
     /// Starts the process and waits until it accepts connections.
@@ -91,13 +115,7 @@ impl NatsServer {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         // JetStream answers only once the server has opened its store, a moment after the port.
         loop {
-            let options = match &self.user {
-                Some(user) => {
-                    async_nats::ConnectOptions::with_user_and_password(user.name.clone(), user.password.clone())
-                }
-                None => async_nats::ConnectOptions::new(),
-            };
-            let last_error = match options.connect(self.url()).await {
+            let last_error = match self.options().connect(self.url()).await {
                 // A raw request: async-nats' typed account info does not parse a 2.9 server's answer.
                 Ok(client) => match client.request("$JS.API.INFO", "".into()).await {
                     Ok(_) => return,
@@ -110,16 +128,21 @@ impl NatsServer {
         }
     }
 
-    /// A client of the server (anonymous; see [`NatsServer::client_as`]).
-    pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url()).await.expect("connect to nats-server")
+    /// How a client logs in to this server: as its user, over TLS when it speaks TLS.
+    fn options(&self) -> async_nats::ConnectOptions {
+        let options = match &self.user {
+            Some(user) => async_nats::ConnectOptions::with_user_and_password(user.name.clone(), user.password.clone()),
+            None => async_nats::ConnectOptions::new(),
+        };
+        match &self.tls {
+            Some(tls) => options.add_root_certificates(tls.ca.clone()).require_tls(true),
+            None => options,
+        }
     }
 
-    pub async fn client_as(&self, user: &User) -> async_nats::Client {
-        async_nats::ConnectOptions::with_user_and_password(user.name.clone(), user.password.clone())
-            .connect(self.url())
-            .await
-            .expect("connect to nats-server as the test user")
+    /// A client of the server (as its user, over TLS, as the server requires).
+    pub async fn client(&self) -> async_nats::Client {
+        self.options().connect(self.url()).await.expect("connect to nats-server")
     }
 
     /// Stops the server as an operator would (SIGTERM; SIGKILL if it has not exited within 10 s) and
