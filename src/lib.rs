@@ -20,7 +20,6 @@
 //!   accept loop that pauses on errors instead of spinning.
 //! - [`shared`]: the handles the parts of a running edge share.
 //! - [`server`]: assembles a running edge from a config and bound listeners, and drains it.
-//! - [`relay`]: `merchant-edge relay`: the core's change notices into a NATS JetStream stream, each once.
 //! - [`sim`]: the bank-core simulator (`core-sim`, and the embedded default upstream).
 //! - [`client`], [`commands`]: the `lookup` and `explain` clients and the binary's subcommands.
 //! - [`pb`]: generated protobuf code; [`wire`]: the server's encoding of the lookup contract, with
