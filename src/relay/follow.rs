@@ -154,9 +154,9 @@ impl Follower {
         self.metrics.set_stream_ready(true);
         self.note_tail(tail.as_ref());
         if tail.is_none() && self.publisher.ever_stored().await? {
-            // The stream's limits (max age, max messages) or a purge removed every message on the subject: where
-            // the stream was is unknown, so it goes on from the core's head after a too-old marker
-            // rather than replaying the core's whole kept history.
+            // The stream's limits (max age, max messages) or a purge removed every message on the
+            // subject: where the stream was is unknown, so it goes on from the core's head after a
+            // too-old marker rather than replaying the core's whole kept history.
             return self.break_history(None, "the stream's messages on the subject are gone (expired or purged)").await;
         }
         let after = tail.as_ref().map_or(0, |t| t.position.sequence);
