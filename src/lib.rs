@@ -19,6 +19,8 @@
 //!   found" checklist; who may use the endpoints that change state: loopback, or a bearer token), live
 //!   reload, TLS, logging, systemd notifications.
 //! - [`server`]: assembles a running edge from a config and bound listeners, and drains it.
+//! - [`relay`]: `merchant-edge relay`: follows the core's change stream into a NATS JetStream stream,
+//!   each notice once and in core order, for a fleet of edges.
 //! - [`sim`]: the bank-core simulator (`core-sim`, and the embedded default upstream).
 //! - [`client`], [`commands`]: the `lookup` and `explain` clients (the `explain` report as aligned
 //!   lines for people) and the binary's subcommands.
@@ -42,6 +44,7 @@ mod metric_labels;
 pub mod metrics;
 pub mod pb;
 mod readiness;
+pub mod relay;
 mod reload;
 pub mod server;
 pub mod sim;

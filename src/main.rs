@@ -68,6 +68,36 @@ enum Command {
     },
     /// Validate a config file and print its effective values.
     CheckConfig { file: PathBuf },
+    /// Follow the core's change notices and append each, once and in order, to a NATS JetStream stream.
+    Relay {
+        /// The bank core's MerchantCore address, e.g. http://10.0.0.5:50052.
+        #[arg(long, value_name = "URL")]
+        core: String,
+        /// The NATS server(s), e.g. nats://127.0.0.1:4222 (comma-separated for several).
+        #[arg(long, value_name = "URL")]
+        nats: String,
+        /// JetStream stream (created with the documented limits if missing).
+        #[arg(long, default_value = merchant_edge::relay::config::DEFAULT_STREAM)]
+        stream: String,
+        /// Subject the notices are published on.
+        #[arg(long, default_value = merchant_edge::relay::config::DEFAULT_SUBJECT)]
+        subject: String,
+        /// Admin HTTP address: /livez, /readyz, /metrics.
+        #[arg(long, default_value = merchant_edge::relay::config::DEFAULT_ADMIN)]
+        admin: SocketAddr,
+        /// NATS credentials file (user JWT and NKey seed).
+        #[arg(long, value_name = "FILE", conflicts_with = "nats_user")]
+        nats_creds: Option<PathBuf>,
+        /// NATS user; the password is read from --nats-password-file.
+        #[arg(long, value_name = "USER", requires = "nats_password_file")]
+        nats_user: Option<String>,
+        /// File holding the NATS password (never printed).
+        #[arg(long, value_name = "FILE", requires = "nats_user")]
+        nats_password_file: Option<PathBuf>,
+        /// PEM CA to trust for a NATS server over TLS.
+        #[arg(long, value_name = "FILE")]
+        nats_tls_ca: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -90,6 +120,26 @@ fn main() -> ExitCode {
                 merchant_edge::client::explain_and_print(&admin, &id, json, token_file.as_deref())
                     .await
                     .map(|()| ExitCode::SUCCESS)
+            }
+            Command::Relay {
+                core,
+                nats,
+                stream,
+                subject,
+                admin,
+                nats_creds,
+                nats_user,
+                nats_password_file,
+                nats_tls_ca,
+            } => {
+                let auth = merchant_edge::relay::nats_auth(nats_creds, nats_user, nats_password_file)
+                    .map_err(|e| e.to_string())?;
+                let mut config = merchant_edge::relay::RelayConfig::new(core, nats);
+                config.nats.auth = auth;
+                config.nats.tls_ca = nats_tls_ca;
+                config.nats.stream = stream;
+                config.nats.subject = subject;
+                commands::relay(config, admin).await.map(|()| ExitCode::SUCCESS)
             }
             Command::CheckConfig { .. } => unreachable!("handled before the runtime starts"),
         }
