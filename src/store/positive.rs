@@ -51,11 +51,10 @@ const MAX_PACKED_DIGITS: usize = 19;
 /// The protobuf key of `Merchant.merchant_id` (field 1, length-delimited), which prost writes first.
 const ID_FIELD_KEY: u8 = 0x0A;
 /// Arena chunks are this big (records never straddle two); a record larger than a chunk gets a chunk
-/// of its own. 2^16 bytes leaves 16 bits of a 32-bit offset for the chunk: 4 GiB per shard. Small,
-/// because each shard's last chunk is partly empty and the allocator backs its arenas with 2 MiB
-/// transparent huge pages, which are resident whole: with 256 KiB chunks the empty tails of 256
-/// shards held about 32 MB (measured: 177 MB RSS at 1M with huge pages, 141 MB without).
-const CHUNK_BITS: u32 = 16;
+/// of its own. 2^18 bytes leaves 14 bits of a 32-bit offset for the chunk: 4 GiB per shard. (64 KiB
+/// chunks and 1024-slot blocks were tried against the partly empty last chunk of each shard, which
+/// transparent huge pages keep resident whole: RSS at 1M did not improve, 181 against 177-179 MB.)
+const CHUNK_BITS: u32 = 18;
 const CHUNK_BYTES: usize = 1 << CHUNK_BITS;
 /// Distinct TTLs one shard can name (a slot holds a `u8` index). Entries stay until evicted or
 /// replaced, so a shard names every positive TTL configured while its entries were stored: one per
@@ -143,8 +142,8 @@ struct Slot {
     uses: AtomicU8,
 }
 
-/// Slots per slab block (40 KiB): small for the same reason as arena chunks.
-const BLOCK_BITS: u32 = 10;
+/// Slots per slab block (160 KiB).
+const BLOCK_BITS: u32 = 12;
 const BLOCK_SLOTS: usize = 1 << BLOCK_BITS;
 
 /// A shard's slots in fixed-size blocks that never move. A `Vec` of slots grew by doubling, copying
