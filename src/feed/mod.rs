@@ -10,7 +10,6 @@
 //!   `ListMerchants` snapshot, and the stream resumes from the snapshot's sequence.
 //! - Warm start loads the whole snapshot before the edge reports ready; cold start only learns the
 //!   core's head and incarnation.
-mod backoff;
 mod config;
 mod metrics;
 pub mod notice;
@@ -29,13 +28,13 @@ use std::sync::Arc;
 pub use self::config::FeedConfig;
 pub use self::metrics::{FeedMetrics, ResyncReason};
 pub use self::state::{FeedState, Lag};
+use crate::backoff::Backoff;
 use crate::cache::Cache;
 use crate::live::Live;
 use crate::pb::merchant_core_client::MerchantCoreClient;
 use crate::pb::{ChangeNotice, ListMerchantsRequest, ListMerchantsResponse, WatchChangesRequest};
 use crate::readiness::Readiness;
 use crate::upstream::{describe_status, INCARNATION_HEADER};
-use backoff::Backoff;
 
 /// Aborts a helper task when the sync that started it ends early (an error, or being cancelled).
 struct AbortOnDrop(tokio::task::AbortHandle);
