@@ -45,6 +45,7 @@ pub use self::config::{
 };
 pub use self::message::{decode, Entry, MessageError, Position, ResyncReason};
 pub use self::metrics::RelayMetrics;
+pub(crate) use self::stream::{connect_with, Connect};
 pub use self::stream::{login, Appended, ConnectError, NatsError, Publisher, Tail};
 use crate::backoff::Backoff;
 use crate::upstream::CoreClient;
