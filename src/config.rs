@@ -662,6 +662,52 @@ mod tests {
     }
 
     #[test]
+    fn a_nats_source_needs_one_login_and_shows_only_file_paths() {
+        let text = "[feed]\nsource = \"nats\"\nnats_url = \"nats://10.0.0.9:4222\"\n\
+                    nats_user = \"edge\"\nnats_password_file = \"/run/secrets/nats\"\n";
+        let config = Config::parse(text, "edge.toml").unwrap();
+        assert_eq!(config.feed.source, crate::feed::SourceKind::Nats);
+        let shown = config.to_toml();
+        assert!(shown.contains("nats_password_file = \"/run/secrets/nats\""), "{shown}");
+        let both = format!("{text}nats_creds_file = \"/etc/nats.creds\"\n");
+        let err = Config::parse(&both, "edge.toml").unwrap_err().to_string();
+        assert!(err.contains("feed.nats_user: conflicts with feed.nats_creds_file"), "{err}");
+        let no_password = "[feed]\nsource = \"nats\"\nnats_user = \"edge\"\n";
+        let err = Config::parse(no_password, "edge.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("edge.toml:3: feed.nats_user: feed.nats_user and feed.nats_password_file go together"),
+            "{err}"
+        );
+        let no_url = "[feed]\nsource = \"nats\"\nnats_url = \" \"\n";
+        assert!(Config::parse(no_url, "t").unwrap_err().to_string().contains("feed.nats_url: must name"));
+        let wildcard = "[feed]\nsource = \"nats\"\nnats_subject = \"merchant.>\"\n";
+        assert!(Config::parse(wildcard, "t").unwrap_err().to_string().contains("without wildcards"));
+        let unknown = "[feed]\nsource = \"kafka\"\n";
+        assert!(Config::parse(unknown, "t").is_err());
+    }
+
+    #[test]
+    fn the_notice_source_takes_a_restart() {
+        let running = Config::default();
+        let mut wanted = Config::default();
+        wanted.feed.source = crate::feed::SourceKind::Nats;
+        wanted.feed.nats_url = "nats://10.0.0.9:4222".into();
+        let applied = wanted.clone().with_restart_only_from(&running);
+        assert_eq!(
+            (applied.feed.source, applied.feed.nats_url.as_str()),
+            (running.feed.source, "nats://127.0.0.1:4222")
+        );
+        let changed: Vec<_> = wanted
+            .restart_only()
+            .into_iter()
+            .zip(running.restart_only())
+            .filter(|(a, b)| a != b)
+            .map(|(a, _)| a.0)
+            .collect();
+        assert_eq!(changed, ["feed.source", "feed.nats_*"]);
+    }
+
+    #[test]
     fn refresh_ahead_never_covers_more_than_half_the_ttl() {
         let config = Config::parse("[cache]\npositive_ttl = \"30s\"\n", "t").unwrap();
         assert_eq!(config.cache.refresh_window(), Duration::from_secs(15), "the 1m default is cut to half the TTL");

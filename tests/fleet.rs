@@ -496,3 +496,92 @@ async fn a_core_restarted_with_a_new_incarnation_makes_relays_and_edges_resync()
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_resumes_exactly_after_its_applied_sequence_in_a_stream_shared_with_other_subjects() {
+    let core = Core::start(1_000).await;
+    let nats = NatsServer::start().await;
+    let js = async_nats::jetstream::new(nats.client().await);
+    // An operator's stream that carries other subjects too: stream sequences no longer follow core
+    // sequences one for one, so the edge must search for where to resume.
+    let operator = async_nats::jetstream::stream::Config {
+        name: DEFAULT_STREAM.into(),
+        subjects: vec!["merchant.>".into()],
+        ..Default::default()
+    };
+    js.create_stream(operator).await.unwrap();
+    let _relay = RunningRelay::start(relay_config(&core, &nats.url())).await;
+    let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], nats.port))).await;
+    let edges = [common::start_edge(nats_edge_config(&core, &proxy.url())).await];
+    let away = &edges[0];
+    eventually("the proxied edge follows", || async { away.feed.is_connected().then_some(()) }).await;
+    churn(&core.url(), 0, 10, None).await;
+    wait_converged(&edges, &core).await;
+
+    proxy.cut();
+    eventually("the edge sees its feed down", || async { (!away.feed.is_connected()).then_some(()) }).await;
+    for batch in 0..4 {
+        churn(&core.url(), 10 + batch * 10, 10, None).await;
+        for n in 0..7 {
+            js.publish("merchant.audit", format!("noise {batch}.{n}").into()).await.unwrap().await.unwrap();
+        }
+    }
+    proxy.restore();
+    wait_converged(&edges, &core).await;
+    assert_answers(&edges, 0..50).await;
+    let feed = &away.metrics.feed;
+    assert_eq!(feed.resyncs(ResyncReason::TooOld) + feed.resyncs(ResyncReason::PersistentGap), 0, "resumed");
+    assert_eq!((feed.gaps.get(), feed.notices_duplicate.get()), (0, 0), "at exactly the next notice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edges_log_in_to_nats_with_a_password_file_and_never_show_the_password() {
+    let user = nats::User { name: "fleet".into(), password: "edge-s3cret".into() };
+    let core = Core::start(1_000).await;
+    let nats = NatsServer::start_with_user(&user).await;
+    let secrets = common::Scratch::new(&format!("fleet-auth-{}", nats.port));
+    let password_file = secrets.write("password", &format!("{}\n", user.password));
+    let mut relay = relay_config(&core, &nats.url());
+    relay.nats.auth = relay::nats_auth(None, Some(user.name.clone()), Some(password_file.clone())).unwrap();
+    let _relay = RunningRelay::start(relay).await;
+    let mut config = nats_edge_config(&core, &nats.url());
+    config.feed.nats_user = Some(user.name.clone());
+    config.feed.nats_password_file = Some(password_file.clone());
+    let edges = [common::start_edge(config).await];
+    eventually("the edge follows", || async { edges[0].feed.is_connected().then_some(()) }).await;
+    churn(&core.url(), 0, 10, None).await;
+    wait_converged(&edges, &core).await;
+    assert_answers(&edges, 0..10).await;
+    let (_, shown) = common::http_get(edges[0].admin_addr, "/config").await;
+    assert!(shown.contains(&password_file.display().to_string()), "{shown}");
+    assert!(!shown.contains(&user.password), "{shown}");
+
+    let mut config = nats_edge_config(&core, &nats.url());
+    config.feed.nats_user = Some(user.name.clone());
+    config.feed.nats_password_file = Some(secrets.0.join("missing"));
+    let error = merchant_edge::server::Edge::with_listeners(config, loopback().await, loopback().await)
+        .start()
+        .await
+        .err()
+        .expect("an unreadable password file stops the edge at start");
+    assert!(error.to_string().contains("feed.nats_password_file"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edges_talk_tls_to_a_nats_server_they_trust_through_the_given_ca() {
+    let pki = common::Pki::new("fleet-nats-tls");
+    let (cert, key) = pki.issue("nats", &["localhost", "127.0.0.1"]);
+    let tls = nats::Tls { cert, key, ca: pki.scratch.0.join("ca.pem") };
+    let core = Core::start(1_000).await;
+    let nats = NatsServer::start_with_tls(&tls).await;
+    let mut relay = relay_config(&core, &nats.url());
+    relay.nats.tls_ca = Some(tls.ca.clone());
+    let _relay = RunningRelay::start(relay).await;
+    let mut config = nats_edge_config(&core, &nats.url());
+    config.feed.nats_tls_ca = Some(tls.ca.clone());
+    let edges = [common::start_edge(config).await];
+    eventually("the edge follows over TLS", || async { edges[0].feed.is_connected().then_some(()) }).await;
+    churn(&core.url(), 0, 10, None).await;
+    wait_converged(&edges, &core).await;
+    assert_answers(&edges, 0..10).await;
+}
