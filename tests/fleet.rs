@@ -89,9 +89,15 @@ fn nats_edge_config(core: &Core, nats_url: &str) -> Config {
 }
 
 async fn start_edges(core: &Core, nats_url: &str, count: usize) -> Vec<RunningEdge> {
+    start_edges_with(core, nats_url, count, |_| {}).await
+}
+
+async fn start_edges_with(core: &Core, nats_url: &str, count: usize, configure: fn(&mut Config)) -> Vec<RunningEdge> {
     let mut edges = Vec::new();
     for _ in 0..count {
-        edges.push(common::start_edge(nats_edge_config(core, nats_url)).await);
+        let mut config = nats_edge_config(core, nats_url);
+        configure(&mut config);
+        edges.push(common::start_edge(config).await);
     }
     for edge in &edges {
         eventually("the edge follows the stream", || async { edge.feed.is_connected().then_some(()) }).await;
@@ -389,13 +395,24 @@ async fn a_restarted_nats_server_loses_nothing_and_edges_and_relays_resume() {
         RunningRelay::start(relay_config(&core, &nats.url())).await,
         RunningRelay::start(relay_config(&core, &nats.url())).await,
     ];
-    let edges = start_edges(&core, &nats.url(), 3).await;
+    let edges =
+        start_edges_with(&core, &nats.url(), 3, |config| config.feed.negative_ttl_when_down = Duration::ZERO).await;
     churn(&core.url(), 0, 100, None).await;
     wait_converged(&edges, &core).await;
+
+    let unknown = "898999999999999";
+    for edge in &edges {
+        let mut client = client(edge).await;
+        lookup(&mut client, unknown).await.unwrap();
+        assert_eq!(source(&lookup(&mut client, unknown).await.unwrap()), Source::NegativeCache);
+    }
 
     nats.stop().await;
     for edge in &edges {
         eventually("the edge sees its feed down", || async { (!edge.feed.is_connected()).then_some(()) }).await;
+        // A notice that would have removed it may be missed now: the "not found" goes back to the core.
+        let answer = lookup(&mut client(edge).await, unknown).await.unwrap();
+        assert_eq!((answer.found, source(&answer)), (false, Source::Upstream), "negatives are not trusted");
     }
     // Committed while the broker is down: they reach the edges through the stream once it is back.
     churn(&core.url(), 100, 50, None).await;
@@ -584,4 +601,38 @@ async fn edges_talk_tls_to_a_nats_server_they_trust_through_the_given_ca() {
     churn(&core.url(), 0, 10, None).await;
     wait_converged(&edges, &core).await;
     assert_answers(&edges, 0..10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_relay_down_the_edges_fall_behind_distrust_not_found_and_catch_up_when_one_returns() {
+    let core = Core::start(1_000).await;
+    let nats = NatsServer::start().await;
+    let relay = RunningRelay::start(relay_config(&core, &nats.url())).await;
+    let edges =
+        start_edges_with(&core, &nats.url(), 2, |config| config.feed.negative_ttl_when_down = Duration::ZERO).await;
+    churn(&core.url(), 0, 5, None).await;
+    wait_converged(&edges, &core).await;
+    let unknown = "898999999999998";
+
+    relay.kill().await;
+    let head = churn(&core.url(), 5, 5, None).await;
+    for (n, edge) in edges.iter().enumerate() {
+        let mut client = client(edge).await;
+        // A miss asks the core, whose answer shows it ahead of the stream: the edge knows it is behind.
+        let onboarded_meanwhile = lookup(&mut client, &churned(5).0).await.unwrap();
+        assert!(onboarded_meanwhile.found, "edge {n}: misses still ask the core");
+        assert!(edge.feed.head() >= head && edge.feed.applied() < head, "edge {n} knows it is behind");
+        lookup(&mut client, unknown).await.unwrap();
+        let again = lookup(&mut client, unknown).await.unwrap();
+        assert_eq!(source(&again), Source::Upstream, "edge {n}: a not-found is not cached while behind");
+    }
+
+    let _relay = RunningRelay::start(relay_config(&core, &nats.url())).await;
+    wait_converged(&edges, &core).await;
+    assert_answers(&edges, 0..10).await;
+    for edge in &edges {
+        let mut client = client(edge).await;
+        lookup(&mut client, unknown).await.unwrap();
+        assert_eq!(source(&lookup(&mut client, unknown).await.unwrap()), Source::NegativeCache, "trusted again");
+    }
 }
