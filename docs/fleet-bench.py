@@ -109,7 +109,9 @@ class Fleet:
                              capture_output=True, text=True, timeout=10)
         if out.returncode != 0:
             return None
-        stats = json.loads(out.stdout)
+        # grpcurl leaves out fields at their zero value, and prints 64-bit integers as strings.
+        stats = {"listMerchantsCalls": 0, "watchStreamsOpen": 0, "headSequence": 0}
+        stats.update(json.loads(out.stdout))
         return {k: int(v) if str(v).isdigit() else v for k, v in stats.items()}
 
     def start_relay(self, n):

@@ -26,6 +26,9 @@ use merchant_edge::sim::Simulator;
 use nats::NatsServer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 /// Longest any condition here may take (a broker restart included).
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -254,6 +257,13 @@ impl Drop for Proxy {
     }
 }
 
+/// What gRPC health says about `service` on `edge`.
+async fn feed_health(edge: &RunningEdge, service: &str) -> Result<ServingStatus, tonic::Code> {
+    let mut health = HealthClient::new(common::channel(edge.grpc_addr).await);
+    let answer = health.check(HealthCheckRequest { service: service.into() }).await.map_err(|s| s.code())?;
+    Ok(ServingStatus::try_from(answer.into_inner().status).expect("a known status"))
+}
+
 fn metric_line<'a>(text: &'a str, series: &str) -> Option<&'a str> {
     text.lines().find(|line| line.starts_with(series))
 }
@@ -316,6 +326,9 @@ async fn three_edges_on_two_relays_converge_never_answer_older_than_applied_and_
         let (_, text) = common::http_get(edge.admin_addr, "/metrics").await;
         assert!(metric_line(&text, "merchant_edge_feed_source_info{source=\"nats\"} 1").is_some(), "{text}");
         assert_eq!(edge.metrics.feed.resyncs(ResyncReason::TooOld), 0);
+        assert_eq!(feed_health(edge, "merchant.v1.ChangeFeed.nats").await, Ok(ServingStatus::Serving));
+        let other = feed_health(edge, "merchant.v1.ChangeFeed.core").await;
+        assert_eq!(other, Err(tonic::Code::NotFound), "the source not in use is not reported");
     }
 }
 
@@ -413,6 +426,7 @@ async fn a_restarted_nats_server_loses_nothing_and_edges_and_relays_resume() {
         // A notice that would have removed it may be missed now: the "not found" goes back to the core.
         let answer = lookup(&mut client(edge).await, unknown).await.unwrap();
         assert_eq!((answer.found, source(&answer)), (false, Source::Upstream), "negatives are not trusted");
+        assert_eq!(feed_health(edge, "merchant.v1.ChangeFeed.nats").await, Ok(ServingStatus::NotServing));
     }
     // Committed while the broker is down: they reach the edges through the stream once it is back.
     churn(&core.url(), 100, 50, None).await;

@@ -121,7 +121,7 @@ pub struct FeedParts {
     pub metrics: FeedMetrics,
 }
 
-/// Follows the core's change stream into the cache.
+/// Follows a notice source into the cache (snapshots from the core).
 pub struct ChangeFeed {
     core: MerchantCoreClient<Channel>,
     source: Box<dyn NoticeSource>,
