@@ -96,8 +96,9 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     let feed = &state.feed;
     let lag = feed.lag(Instant::now());
     let link = if feed.is_connected() { "connected" } else { "DOWN" };
+    let source = state.config.load().feed.source.as_str();
     let body = format!(
-        "{verdict}\nfeed: {link}, applied sequence {}, core head {}, lag {} / {:.1}s\n",
+        "{verdict}\nfeed: {link}, applied sequence {}, core head {}, lag {} / {:.1}s, source {source}\n",
         feed.applied(),
         feed.head(),
         crate::text::count(lag.notices, "notice", "notices"),

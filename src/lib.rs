@@ -29,6 +29,7 @@
 mod accept;
 mod admin;
 mod admin_auth;
+mod backoff;
 pub mod cache;
 mod checklist;
 pub mod client;

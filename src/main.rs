@@ -77,13 +77,13 @@ enum Command {
         #[arg(long, value_name = "URL")]
         nats: String,
         /// JetStream stream (created with the documented limits if missing).
-        #[arg(long, default_value = merchant_edge::relay::config::DEFAULT_STREAM)]
+        #[arg(long, default_value = merchant_edge::relay::DEFAULT_STREAM)]
         stream: String,
         /// Subject the notices are published on.
-        #[arg(long, default_value = merchant_edge::relay::config::DEFAULT_SUBJECT)]
+        #[arg(long, default_value = merchant_edge::relay::DEFAULT_SUBJECT)]
         subject: String,
         /// Admin HTTP address: /livez, /readyz, /metrics.
-        #[arg(long, default_value = merchant_edge::relay::config::DEFAULT_ADMIN)]
+        #[arg(long, default_value = merchant_edge::relay::DEFAULT_ADMIN)]
         admin: SocketAddr,
         /// NATS credentials file (user JWT and NKey seed).
         #[arg(long, value_name = "FILE", conflicts_with = "nats_user")]

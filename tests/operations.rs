@@ -225,6 +225,7 @@ const DOCUMENTED: &[&str] = &[
     "merchant_edge_feed_reconnects_total",
     "merchant_edge_feed_resyncs_total",
     "merchant_edge_feed_commit_to_apply_seconds",
+    "merchant_edge_feed_source_info",
     "merchant_edge_config_last_reload_successful",
     "merchant_edge_config_last_reload_success_timestamp_seconds",
     "merchant_edge_config_info",

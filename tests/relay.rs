@@ -15,11 +15,10 @@ use common::{http_get, loopback, Core};
 use futures::StreamExt;
 use merchant_edge::pb::core_admin_client::CoreAdminClient;
 use merchant_edge::pb::{ChangeNotice, DeleteMerchantRequest, Merchant, SetFaultsRequest, UpsertMerchantRequest};
-use merchant_edge::relay::config::{DEFAULT_STREAM, DEFAULT_SUBJECT};
-use merchant_edge::relay::stream::{Appended, Publisher};
 use merchant_edge::relay::{
     self, Entry, NatsAuth, Position, Relay, RelayConfig, RelayError, RelayMetrics, ResyncReason, StreamLimits,
 };
+use merchant_edge::relay::{Appended, Publisher, DEFAULT_STREAM, DEFAULT_SUBJECT};
 use merchant_edge::sim::Simulator;
 use nats::{NatsServer, Tls, User};
 use tokio::net::TcpListener;

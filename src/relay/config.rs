@@ -16,10 +16,12 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:9091";
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a secret value.
     pub fn new(value: String) -> Self {
         Self(value)
     }
 
+    /// The value itself, for the one place that must send it (the NATS login).
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -40,7 +42,12 @@ pub enum NatsAuth {
     /// A `.creds` file (user JWT and NKey seed), as `nsc` writes it.
     CredsFile(PathBuf),
     /// User and password (the password read from a file, so it is not in the process list).
-    UserPassword { user: String, password: Secret },
+    UserPassword {
+        /// The NATS user.
+        user: String,
+        /// Its password.
+        password: Secret,
+    },
 }
 
 /// The NATS side.
@@ -48,6 +55,7 @@ pub enum NatsAuth {
 pub struct NatsConfig {
     /// e.g. `nats://127.0.0.1:4222`; several servers separated by commas.
     pub url: String,
+    /// How to log in.
     pub auth: NatsAuth,
     /// PEM CA to trust for a TLS server (turns TLS on).
     pub tls_ca: Option<PathBuf>,
@@ -64,6 +72,7 @@ pub struct NatsConfig {
 pub struct CoreConfig {
     /// e.g. `http://10.0.0.5:50052`.
     pub url: String,
+    /// Longest wait for a connection to the core.
     pub connect_timeout: Duration,
     /// Reopen a watch that brings nothing while the core's head is ahead for this long.
     pub stall_timeout: Duration,
@@ -90,13 +99,18 @@ impl Default for StreamLimits {
     }
 }
 
+/// Everything a relay runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayConfig {
+    /// The core it follows.
     pub core: CoreConfig,
+    /// The NATS server and stream it appends to.
     pub nats: NatsConfig,
+    /// Limits of a stream it creates.
     pub limits: StreamLimits,
     /// First reconnect pause (either side); doubles with jitter up to `reconnect_max_backoff`.
     pub reconnect_initial_backoff: Duration,
+    /// Longest reconnect pause.
     pub reconnect_max_backoff: Duration,
 }
 

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::backoff::Backoff;
 use super::core::{Core, Watch, WatchError};
 use super::message::{Position, ResyncReason};
 use super::metrics::{RefusedBy, RelayMetrics, Side};
 use super::stream::{Appended, NatsError, Publisher, Tail};
 use super::RelayError;
+use crate::backoff::Backoff;
 use crate::pb::ChangeNotice;
 
 /// What to do with one notice from the core, given the stream's tail.

@@ -38,6 +38,7 @@ pub enum ResyncReason {
 }
 
 impl ResyncReason {
+    /// Every reason, in a fixed order.
     pub const ALL: [Self; 3] = [Self::TooOld, Self::NewIncarnation, Self::PersistentGap];
 
     /// The header value (and metric label, with `_` for `-`).
@@ -58,15 +59,24 @@ impl ResyncReason {
 /// (since the last marker), and the next notice must be `sequence + 1` of the same incarnation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Position {
+    /// The core history (incarnation) the sequence belongs to.
     pub incarnation: String,
+    /// The core sequence.
     pub sequence: u64,
 }
 
 /// One decoded stream message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Entry {
+    /// A core notice, as the core sent it.
     Notice(ChangeNotice),
-    Resync { reason: ResyncReason, position: Position },
+    /// A resync marker: the history breaks here and goes on from `position`.
+    Resync {
+        /// Why the history breaks.
+        reason: ResyncReason,
+        /// Where the notices after the marker continue from.
+        position: Position,
+    },
 }
 
 impl Entry {
@@ -82,20 +92,40 @@ impl Entry {
 /// A message on the relay's subject that is not in the format above.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MessageError {
+    /// A header the format needs is missing.
     #[error(
         "message without a {0} header: the subject carries messages that no relay wrote; give the relay \
          a subject of its own (--subject)"
     )]
     MissingHeader(&'static str),
+    /// A header does not hold what it should.
     #[error("header {header} has {value:?}, which is not a {expected}")]
-    BadHeader { header: &'static str, value: String, expected: &'static str },
+    BadHeader {
+        /// The header.
+        header: &'static str,
+        /// What it holds.
+        value: String,
+        /// What it should hold.
+        expected: &'static str,
+    },
+    /// The payload does not decode.
     #[error("the payload is not a merchant.v1.ChangeNotice: {0}")]
     BadPayload(String),
+    /// The headers and the notice disagree on its position.
     #[error(
         "the headers say {header_incarnation}:{header_sequence} but the notice is \
          {notice_incarnation}:{notice_sequence}"
     )]
-    Mismatch { header_incarnation: String, header_sequence: u64, notice_incarnation: String, notice_sequence: u64 },
+    Mismatch {
+        /// The incarnation in the headers.
+        header_incarnation: String,
+        /// The sequence in the headers.
+        header_sequence: u64,
+        /// The incarnation in the notice.
+        notice_incarnation: String,
+        /// The sequence in the notice.
+        notice_sequence: u64,
+    },
 }
 
 /// The de-duplication ID of a notice: `<incarnation>:<sequence>`.

@@ -19,7 +19,7 @@ pub enum Side {
 }
 
 impl EncodeLabelValue for Side {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
         std::fmt::Write::write_str(encoder, if *self == Self::Core { "core" } else { "nats" })
     }
 }
@@ -34,7 +34,7 @@ pub enum RefusedBy {
 }
 
 impl EncodeLabelValue for RefusedBy {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
         std::fmt::Write::write_str(encoder, if *self == Self::MsgId { "msg_id" } else { "expected_last" })
     }
 }
@@ -43,7 +43,7 @@ impl EncodeLabelValue for RefusedBy {
 struct ReasonLabel(ResyncReason);
 
 impl EncodeLabelValue for ReasonLabel {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
         std::fmt::Write::write_str(encoder, &self.0.as_str().replace('-', "_"))
     }
 }
@@ -68,17 +68,28 @@ struct VersionLabels {
     version: String,
 }
 
+/// The relay's metrics (what `/metrics` exports) and the state `/readyz` reports.
 pub struct RelayMetrics {
     registry: Registry,
+    /// 1 while the core's watch is open.
     pub core_connected: Gauge,
+    /// 1 while the NATS connection is up.
     pub nats_connected: Gauge,
+    /// Last core sequence received in order.
     pub applied_sequence: Gauge,
+    /// Last core sequence in the stream.
     pub published_sequence: Gauge,
+    /// JetStream sequence of the subject's last message.
     pub stream_sequence: Gauge,
+    /// Highest sequence the core has shown.
     pub core_head_sequence: Gauge,
+    /// Core head minus published sequence.
     pub lag_notices: Gauge,
+    /// Notices this relay appended.
     pub publishes: Counter,
+    /// Notices already in the stream when this relay received them.
     pub skipped: Counter,
+    /// Sequence gaps in the core's stream.
     pub gaps: Counter,
     refused: Family<RefusedLabels, Counter>,
     reconnects: Family<SideLabels, Counter>,
@@ -99,6 +110,7 @@ impl Default for RelayMetrics {
 }
 
 impl RelayMetrics {
+    /// Every series, registered at zero.
     pub fn new() -> Self {
         let mut root = Registry::default();
         let build: Family<VersionLabels, Gauge> = Family::default();
@@ -189,18 +201,22 @@ impl RelayMetrics {
         Self { registry: root, ..metrics }
     }
 
+    /// Counts a copy the stream refused.
     pub fn refused(&self, by: RefusedBy) {
         self.refused.get_or_create(&RefusedLabels { by }).inc();
     }
 
+    /// Counts a reconnect to `side`.
     pub fn reconnect(&self, side: Side) {
         self.reconnects.get_or_create(&SideLabels { side }).inc();
     }
 
+    /// Counts a break in the core's history this relay saw.
     pub fn history_break(&self, reason: ResyncReason) {
         self.events.get_or_create(&ReasonLabels { reason: ReasonLabel(reason) }).inc();
     }
 
+    /// Counts a resync marker this relay appended.
     pub fn marker(&self, reason: ResyncReason) {
         self.markers.get_or_create(&ReasonLabels { reason: ReasonLabel(reason) }).inc();
     }
@@ -212,6 +228,7 @@ impl RelayMetrics {
         self.update_lag();
     }
 
+    /// The watch is applied up to core `sequence`.
     pub fn set_applied(&self, sequence: u64) {
         self.applied_sequence.set(to_gauge(sequence));
         if self.core_head_sequence.get() < to_gauge(sequence) {
@@ -230,14 +247,17 @@ impl RelayMetrics {
         self.lag_notices.set((self.core_head_sequence.get() - self.published_sequence.get()).max(0));
     }
 
+    /// Whether the stream is found and its tail known.
     pub fn set_stream_ready(&self, ready: bool) {
         self.stream_ready.store(ready, Ordering::Relaxed);
     }
 
+    /// The last problem of the relay's loop (`None` once resolved).
     pub fn set_error(&self, error: Option<String>) {
         *self.last_error.lock() = error;
     }
 
+    /// Why the NATS connection is down (`None` once up).
     pub fn set_nats_error(&self, error: Option<String>) {
         *self.nats_error.lock() = error;
     }

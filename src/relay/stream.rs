@@ -6,6 +6,7 @@
 //! so two relays can never interleave or repeat: whoever appended first wins, the other is refused and
 //! re-reads the tail. `Nats-Msg-Id` (`<incarnation>:<sequence>`) makes a copy of a notice already
 //! stored within the duplicate window a no-op, which also covers a publish whose ack was lost.
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +19,7 @@ use async_nats::jetstream::{self, Context};
 use async_nats::{ConnectOptions, Event, HeaderMap};
 use bytes::Bytes;
 
-use super::backoff::reconnect_delay;
-use super::config::{NatsAuth, NatsConfig, RelayConfig, StreamLimits};
+use super::config::{NatsAuth, NatsConfig, RelayConfig, Secret, StreamLimits};
 use super::message::{self, Position, ResyncReason};
 use super::metrics::{RelayMetrics, Side};
 use super::RelayError;
@@ -56,43 +56,138 @@ pub enum NatsError {
     Fatal(#[from] RelayError),
 }
 
-/// Connects in the background (the relay starts, and reports not ready, while NATS is down); the
-/// client reconnects by itself with jittered backoff. Connection state and reconnects go to `metrics`.
-pub async fn connect(config: &RelayConfig, metrics: Arc<RelayMetrics>) -> Result<async_nats::Client, RelayError> {
-    let nats = &config.nats;
-    let mut options = match &nats.auth {
+/// Why a NATS client could not be set up: each names the file or address at fault. The relay and the
+/// edge's NATS source each add which flag or config key to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The credentials file cannot be read.
+    #[error("cannot read the NATS credentials file {}: {source}", path.display())]
+    CredsFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The password file cannot be read.
+    #[error("cannot read the NATS password file {}: {source}", path.display())]
+    PasswordFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The password file holds no password.
+    #[error("the NATS password file {} is empty; write the password into it", .0.display())]
+    EmptyPassword(PathBuf),
+    /// The TLS CA file is missing.
+    #[error("the NATS TLS CA file {} does not exist", .0.display())]
+    TlsCa(PathBuf),
+    /// The server list cannot be used.
+    #[error("invalid NATS URL {url:?}: {reason}")]
+    Url {
+        /// The list as given.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The login from a creds file, or a user with a password file (read here, trailing newline dropped),
+/// or nothing. The password is read once, at connect time, and never logged.
+pub fn login(
+    creds: Option<PathBuf>,
+    user: Option<String>,
+    password_file: Option<PathBuf>,
+) -> Result<NatsAuth, ConnectError> {
+    if let Some(path) = creds {
+        return Ok(NatsAuth::CredsFile(path));
+    }
+    let Some(user) = user else { return Ok(NatsAuth::None) };
+    let path = password_file.unwrap_or_default();
+    let read =
+        std::fs::read_to_string(&path).map_err(|source| ConnectError::PasswordFile { path: path.clone(), source })?;
+    let password = read.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        return Err(ConnectError::EmptyPassword(path));
+    }
+    Ok(NatsAuth::UserPassword { user, password: Secret::new(password.to_owned()) })
+}
+
+/// Everything a NATS client of this crate (the relay, the edge's NATS source) connects with.
+pub struct Connect<'a> {
+    /// The client's name, as the server's monitoring shows it.
+    pub name: &'a str,
+    /// Server URLs, comma-separated.
+    pub url: &'a str,
+    /// The login.
+    pub auth: &'a NatsAuth,
+    /// PEM CA to trust (turns TLS on).
+    pub tls_ca: Option<&'a Path>,
+    /// Connect and request timeout.
+    pub request_timeout: Duration,
+    /// First reconnect pause; doubles with jitter up to `reconnect_max_backoff`.
+    pub reconnect_initial_backoff: Duration,
+    /// Longest reconnect pause.
+    pub reconnect_max_backoff: Duration,
+}
+
+/// Connects in the background (the caller starts, and reports not ready, while NATS is down); the
+/// client reconnects by itself, forever, with jittered backoff. Connection events go to `on_event`.
+pub async fn connect_with<F>(settings: Connect<'_>, on_event: F) -> Result<async_nats::Client, ConnectError>
+where
+    F: Fn(Event) + Send + Sync + 'static,
+{
+    let mut options = match settings.auth {
         NatsAuth::None => ConnectOptions::new(),
         NatsAuth::CredsFile(path) => ConnectOptions::with_credentials_file(path)
             .await
-            .map_err(|source| RelayError::CredsFile { path: path.clone(), source })?,
+            .map_err(|source| ConnectError::CredsFile { path: path.clone(), source })?,
         NatsAuth::UserPassword { user, password } => {
             ConnectOptions::with_user_and_password(user.clone(), password.expose().to_owned())
         }
     };
-    if let Some(ca) = &nats.tls_ca {
+    if let Some(ca) = settings.tls_ca {
         if !ca.is_file() {
-            return Err(RelayError::TlsCa(ca.clone()));
+            return Err(ConnectError::TlsCa(ca.to_path_buf()));
         }
-        options = options.add_root_certificates(ca.clone()).require_tls(true);
+        options = options.add_root_certificates(ca.to_path_buf()).require_tls(true);
     }
-    let (initial, max) = (config.reconnect_initial_backoff, config.reconnect_max_backoff);
-    let events = metrics.clone();
-    let connected_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (initial, max) = (settings.reconnect_initial_backoff, settings.reconnect_max_backoff);
+    let on_event = Arc::new(on_event);
     options
-        .name("merchant-edge relay")
+        .name(settings.name)
         .retry_on_initial_connect()
         .max_reconnects(None)
-        .connection_timeout(nats.request_timeout)
-        .request_timeout(Some(nats.request_timeout))
-        .reconnect_delay_callback(move |attempts| reconnect_delay(attempts, initial, max))
+        .connection_timeout(settings.request_timeout)
+        .request_timeout(Some(settings.request_timeout))
+        .reconnect_delay_callback(move |attempts| crate::backoff::delay_after(attempts, initial, max))
         .event_callback(move |event| {
-            let (metrics, connected_once) = (events.clone(), connected_once.clone());
-            async move { on_event(&metrics, &connected_once, event) }
+            let on_event = on_event.clone();
+            async move { on_event(event) }
         })
         // Several servers (a cluster) as a comma-separated list: the client fails over between them.
-        .connect(nats.url.split(',').map(str::trim).collect::<Vec<_>>())
+        .connect(settings.url.split(',').map(str::trim).collect::<Vec<_>>())
         .await
-        .map_err(|e| RelayError::NatsUrl { url: nats.url.clone(), reason: e.to_string() })
+        .map_err(|e| ConnectError::Url { url: settings.url.to_owned(), reason: e.to_string() })
+}
+
+/// The relay's connection: connection state and reconnects go to `metrics`.
+pub(super) async fn connect(
+    config: &RelayConfig,
+    metrics: Arc<RelayMetrics>,
+) -> Result<async_nats::Client, RelayError> {
+    let nats = &config.nats;
+    let settings = Connect {
+        name: "merchant-edge relay",
+        url: &nats.url,
+        auth: &nats.auth,
+        tls_ca: nats.tls_ca.as_deref(),
+        request_timeout: nats.request_timeout,
+        reconnect_initial_backoff: config.reconnect_initial_backoff,
+        reconnect_max_backoff: config.reconnect_max_backoff,
+    };
+    let connected_once = std::sync::atomic::AtomicBool::new(false);
+    connect_with(settings, move |event| on_event(&metrics, &connected_once, event)).await.map_err(RelayError::from)
 }
 
 fn on_event(metrics: &RelayMetrics, connected_once: &std::sync::atomic::AtomicBool, event: Event) {
@@ -208,6 +303,7 @@ async fn find_or_create(
     Ok(stream)
 }
 
+/// Appends to the relay's stream, only ever onto the tail it knows.
 pub struct Publisher {
     js: Context,
     stream: jetstream::stream::Stream,
