@@ -44,14 +44,30 @@ pub struct Step {
 pub fn steps(report: &Value) -> Vec<Step> {
     let checked = report["id"]["normalised"].is_string();
     let core = core_found(report);
-    vec![
+    let mut steps = vec![
         id_step(&report["id"]),
         if checked { positive_step(&report["positive_entry"]) } else { not_checked("cached merchant") },
         if checked { negative_step(&report["negative_entry"], core) } else { not_checked("cached not-found") },
         feed_step(&report["feed"]),
         if checked { core_step(&report["core"]) } else { not_checked("bank core now") },
-        reason_step(report["reason"].as_str()),
-    ]
+    ];
+    // Only when a token was asked about (`--min-sequence`): the applied sequence against it.
+    if report["token"].is_object() {
+        steps.push(token_step(&report["token"]));
+    }
+    steps.push(reason_step(report["reason"].as_str()));
+    steps
+}
+
+fn token_step(token: &Value) -> Step {
+    let what = "token";
+    let verdict = token["verdict"].as_str().unwrap_or("no verdict reported");
+    let found = format!("min_sequence {}: {verdict}", sequence(&token["min_sequence"]));
+    match token["applied"].as_bool() {
+        Some(true) => Step { mark: Mark::Ok, what, found },
+        Some(false) => Step { mark: Mark::Problem, what, found },
+        None => Step { mark: Mark::Unknown, what, found },
+    }
 }
 
 /// The whole text: one line per step, then the verdict.
@@ -257,6 +273,9 @@ fn terminal_shows(reason: Reason) -> &'static str {
         Reason::CoreUnreachable => "\"Cannot reach the bank right now. Try again in a moment.\"",
         Reason::CoreBusy => "\"The bank is busy. Try again in a moment.\"",
         Reason::StatusUnknown => "\"Merchant status cannot be verified. Contact your bank.\"",
+        Reason::SequenceAhead => {
+            "\"Merchant data is being updated. Try again in a moment; if this persists, contact your bank.\""
+        }
     }
 }
 

@@ -28,6 +28,11 @@ pub struct FeedConfig {
     pub stall_timeout: Duration,
     /// Merchants per ListMerchants page when loading a snapshot.
     pub snapshot_page_size: NonZeroU32,
+    /// How long a lookup with a consistency token (`min_sequence`) that this edge has not applied yet
+    /// waits for the change feed to apply it before asking the core instead. Read at each such lookup,
+    /// so a reload applies at once. `0s`: ask the core at once.
+    #[serde(with = "humantime_serde")]
+    pub fresh_wait: Duration,
 }
 
 impl Default for FeedConfig {
@@ -39,6 +44,7 @@ impl Default for FeedConfig {
             reconnect_max_backoff: Duration::from_secs(5),
             stall_timeout: Duration::from_secs(10),
             snapshot_page_size: NonZeroU32::new(5000).expect("non-zero"),
+            fresh_wait: Duration::from_millis(200),
         }
     }
 }
