@@ -315,6 +315,19 @@ mod tests {
     }
 
     #[test]
+    fn a_token_asked_about_gets_its_own_step_before_what_the_terminal_shows() {
+        let mut report = format_error();
+        assert!(steps(&report).iter().all(|step| step.what != "token"), "no token, no step");
+        report["token"] = json!({"min_sequence": 9, "applied_sequence": 7, "core_head_sequence": 7, "applied": false,
+                                 "verdict": "applied sequence 7 is 2 changes behind the token 9: ..."});
+        let steps = steps(&report);
+        let token = &steps[steps.len() - 2];
+        assert_eq!((token.mark, token.what), (Mark::Problem, "token"));
+        assert!(token.found.starts_with("min_sequence 9: applied sequence 7"), "{}", token.found);
+        assert_eq!(steps.last().unwrap().what, "terminal shows");
+    }
+
+    #[test]
     fn a_format_error_fails_the_id_and_leaves_the_stores_unchecked() {
         let marks: Vec<Mark> = steps(&format_error()).iter().map(|step| step.mark).collect();
         use Mark::*;

@@ -285,3 +285,33 @@ async fn behind_the_token_with_the_core_down_is_unavailable_never_stale_never_no
     assert_eq!(source(&lookup(&mut client, KNOWN).await.unwrap()), Source::Stale);
     assert_eq!(source(&lookup(&mut client, &newcomer).await.unwrap()), Source::NegativeCache);
 }
+
+#[tokio::test]
+async fn explain_shows_the_applied_sequence_against_a_token() {
+    let core = Core::start(1_000).await;
+    let edge = edge(&core, |_| {}).await;
+    let applied = upsert(&core, &id(1), "Explained").await;
+    wait_until("the notice is applied", || async { edge.feed.applied() >= applied }).await;
+    let admin = edge.admin_addr.to_string();
+    let report = |min_sequence| {
+        let admin = admin.clone();
+        async move {
+            let body = merchant_edge::client::fetch_explanation(&admin, &id(1), None, min_sequence).await.unwrap();
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()
+        }
+    };
+    assert!(report(None).await["token"].is_null(), "no token asked about, none reported");
+    let met = report(Some(applied)).await;
+    assert_eq!(met["token"]["applied"], true, "{met}");
+    assert_eq!(met["token"]["applied_sequence"], applied);
+    assert_eq!(met["reason"], "REASON_UNSPECIFIED");
+    let bogus = applied + 1_000;
+    let ahead = report(Some(bogus)).await;
+    assert_eq!(ahead["token"]["applied"], false);
+    let verdict = ahead["token"]["verdict"].as_str().unwrap();
+    assert!(verdict.contains("ahead of the bank core") && verdict.contains(&bogus.to_string()), "{verdict}");
+    assert_eq!(ahead["reason"], "REASON_SEQUENCE_AHEAD", "what a lookup carrying the token gets");
+    let (status, body) = http_get(edge.admin_addr, &format!("/debug/merchants/{}?min_sequence=soon", id(1))).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("min_sequence must be a sequence number"), "{body}");
+}

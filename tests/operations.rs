@@ -212,6 +212,8 @@ const DOCUMENTED: &[&str] = &[
     "merchant_edge_cache_evictions_total",
     "merchant_edge_coalesced_waits_total",
     "merchant_edge_fills_fenced_total",
+    "merchant_edge_token_lookups_total",
+    "merchant_edge_token_wait_seconds",
     "merchant_edge_core_calls_total",
     "merchant_edge_core_call_duration_seconds",
     "merchant_edge_feed_connected",
