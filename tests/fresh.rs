@@ -315,3 +315,26 @@ async fn explain_shows_the_applied_sequence_against_a_token() {
     assert_eq!(status, 400);
     assert!(body.contains("min_sequence must be a sequence number"), "{body}");
 }
+
+#[tokio::test]
+async fn the_lookup_command_sends_its_min_sequence() {
+    let core = Core::start(1_000).await;
+    let edge = edge(&core, |_| {}).await;
+    core.set_faults(SetFaultsRequest { notice_delay_ms: 500, ..Default::default() }).await;
+    let merchant = id(5);
+    let sequence = upsert(&core, &merchant, "Command Line").await;
+    let run = |min_sequence: u64| {
+        let server = edge.grpc_addr.to_string();
+        let merchant = merchant.clone();
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_merchant-edge"))
+            .args(["lookup", &merchant, "--server", &server, "--min-sequence", &min_sequence.to_string()])
+            .output()
+    };
+    let fresh = run(sequence).await.unwrap();
+    let line = String::from_utf8_lossy(&fresh.stdout);
+    assert!(fresh.status.success() && line.contains("found  ACTIVE  \"Command Line\""), "{line}");
+    let ahead = run(sequence + 1_000).await.unwrap();
+    let line = String::from_utf8_lossy(&ahead.stdout);
+    assert_eq!(ahead.status.code(), Some(1), "{line}");
+    assert!(line.contains("FailedPrecondition") && line.contains("REASON_SEQUENCE_AHEAD"), "{line}");
+}
