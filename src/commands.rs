@@ -96,9 +96,10 @@ pub async fn relay(config: crate::relay::RelayConfig, admin: SocketAddr) -> Resu
     relay.run(termination()).await.map_err(|e| e.to_string())
 }
 
-/// `merchant-edge lookup`: exit status 1 when any lookup failed.
-pub async fn lookup(server: &str, tls: &crate::client::ClientTls, ids: &[String]) -> ExitCode {
-    match crate::client::lookup_and_print(server, tls, ids).await {
+/// `merchant-edge lookup`: exit status 1 when any lookup failed. `min_sequence` is sent with every
+/// lookup (0: no consistency token).
+pub async fn lookup(server: &str, tls: &crate::client::ClientTls, ids: &[String], min_sequence: u64) -> ExitCode {
+    match crate::client::lookup_and_print(server, tls, ids, min_sequence).await {
         Ok(0) => ExitCode::SUCCESS,
         Ok(_) => ExitCode::from(1),
         Err(message) => {

@@ -338,6 +338,9 @@ impl Config {
             ("feed.reconnect_initial_backoff", self.feed.reconnect_initial_backoff, up_to_an_hour),
             ("feed.reconnect_max_backoff", self.feed.reconnect_max_backoff, up_to_an_hour),
             ("feed.stall_timeout", self.feed.stall_timeout, (100 * ms, hour, "100ms and 1h")),
+            // A lookup holds its caller this long at most before the core is asked: beyond a minute a
+            // terminal has long given up.
+            ("feed.fresh_wait", self.feed.fresh_wait, (Duration::ZERO, Duration::from_secs(60), "0s and 1m")),
             ("reload.debounce", self.reload.debounce, (50 * ms, Duration::from_secs(60), "50ms and 1m")),
         ] {
             if value < min || value > max {

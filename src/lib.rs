@@ -5,6 +5,8 @@
 //! Two paths meet in one room:
 //! - **read**: [`lookup`] (the `MerchantLookup` gRPC service → the resolver: memory answer, else the
 //!   core through [`guard`], serve-stale, refresh-ahead) → reads the [`cache`]'s stores.
+//!   A lookup with a consistency token (`min_sequence`) the edge has not applied yet waits on the
+//!   [`feed`]'s applied sequence (`FeedState`), then asks the core through the same fill.
 //! - **write**: [`feed`] (the core's change notices: order, gaps, resyncs, warm start) → [`cache`].
 //!   Fills from the read path also write only through the [`cache`].
 //! - [`cache`]: the only writer of the answer stores. It owns the positive and negative stores, the

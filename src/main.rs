@@ -52,6 +52,10 @@ enum Command {
         /// Client private key (PEM) for --cert.
         #[arg(long, value_name = "FILE", requires = "cert")]
         key: Option<PathBuf>,
+        /// Consistency token: answers must reflect every core change up to this sequence (what
+        /// onboarding returned, or the highest `as of sequence` seen). 0: none.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        min_sequence: u64,
     },
     /// Explain why an ID is (not) found: the checklist and a verdict, from a running edge's admin endpoint.
     Explain {
@@ -65,6 +69,10 @@ enum Command {
         /// File holding the admin bearer token (for an edge with admin.require_token, or a remote one).
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
+        /// Also check a consistency token: the edge's applied sequence against it, and what a lookup
+        /// carrying it would get.
+        #[arg(long, value_name = "N")]
+        min_sequence: Option<u64>,
     },
     /// Validate a config file and print its effective values.
     CheckConfig { file: PathBuf },
@@ -112,12 +120,12 @@ fn main() -> ExitCode {
             Command::CoreSim { listen, merchants, history } => {
                 commands::core_sim(listen, merchants, history).await.map(|()| ExitCode::SUCCESS)
             }
-            Command::Lookup { ids, server, ca, cert, key } => {
+            Command::Lookup { ids, server, ca, cert, key, min_sequence } => {
                 let tls = merchant_edge::client::ClientTls { ca, identity: cert.zip(key) };
-                Ok(commands::lookup(&server, &tls, &ids).await)
+                Ok(commands::lookup(&server, &tls, &ids, min_sequence).await)
             }
-            Command::Explain { id, admin, json, token_file } => {
-                merchant_edge::client::explain_and_print(&admin, &id, json, token_file.as_deref())
+            Command::Explain { id, admin, json, token_file, min_sequence } => {
+                merchant_edge::client::explain_and_print(&admin, &id, json, token_file.as_deref(), min_sequence)
                     .await
                     .map(|()| ExitCode::SUCCESS)
             }

@@ -75,6 +75,11 @@ pub struct FeedConfig {
     /// Longest wait for one NATS answer (connect, a stream read, opening a consumer).
     #[serde(with = "humantime_serde")]
     pub nats_request_timeout: Duration,
+    /// How long a lookup with a consistency token (`min_sequence`) that this edge has not applied yet
+    /// waits for the change feed to apply it before asking the core instead. Read at each such lookup,
+    /// so a reload applies at once. `0s`: ask the core at once.
+    #[serde(with = "humantime_serde")]
+    pub fresh_wait: Duration,
 }
 
 impl Default for FeedConfig {
@@ -95,6 +100,7 @@ impl Default for FeedConfig {
             nats_password_file: None,
             nats_tls_ca: None,
             nats_request_timeout: Duration::from_secs(2),
+            fresh_wait: Duration::from_millis(200),
         }
     }
 }
