@@ -122,23 +122,37 @@ fn chromium(args: &[String]) -> Vec<u8> {
     };
     let stdout = drain(Box::new(child.stdout.take().unwrap()));
     let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    // The browser's process group is killed only while the browser itself is not yet reaped: until
+    // then its pid (which is the group's id) cannot be handed to another process, so the kill cannot
+    // reach anything but the browser's own renderers. (Killing `-pid` after `wait` returned once hit an
+    // unrelated process group whose leader had been given the recycled pid.)
     let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
+    while !exited_unreaped(pid) {
         if started.elapsed() > CHROMIUM_BOUND {
-            let _ = Command::new("kill").args(["-KILL", &format!("-{pid}")]).status();
+            kill_group(pid);
             let _ = child.wait();
             panic!("chromium did not finish within {CHROMIUM_BOUND:?} (args {args:?}); killed it");
         }
         std::thread::sleep(Duration::from_millis(50));
-    };
+    }
     // Renderers left behind by the browser would hold the pipes open.
-    let _ = Command::new("kill").args(["-KILL", &format!("-{pid}")]).stderr(Stdio::null()).status();
+    kill_group(pid);
+    let status = child.wait().unwrap();
     let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
     assert!(status.success(), "chromium {args:?} failed ({status}): {}", String::from_utf8_lossy(&stderr));
     stdout
+}
+
+/// Whether process `pid`, a child of this one, has exited but is not reaped yet (a zombie).
+fn exited_unreaped(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the command name, which is in parentheses and may itself hold spaces.
+    stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'))
+}
+
+/// SIGKILL to the process group `pid` leads (only call it while `pid` is not reaped).
+fn kill_group(pid: u32) {
+    let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).stderr(Stdio::null()).status();
 }
 
 /// A start tag of the dumped DOM, with the text right after it (enough for the leaf elements that
