@@ -18,7 +18,9 @@
 //! - operations: readiness and gRPC health, the admin HTTP endpoint (with `explain`: the "why not
 //!   found" checklist; who may use the endpoints that change state: loopback, or a bearer token), live
 //!   reload, TLS, logging, systemd notifications.
-//! - [`server`]: assembles a running edge from a config and bound listeners, and drains it.
+//! - [`server`]: assembles a running edge from a config and bound listeners, and drains it;
+//!   [`runtime`]: where gRPC calls run (one single-threaded runtime per core on `SO_REUSEPORT`
+//!   sockets, or the shared multi-thread one), background work staying on the main runtime.
 //! - [`sim`]: the bank-core simulator (`core-sim`, and the embedded default upstream).
 //! - [`client`], [`commands`]: the `lookup` and `explain` clients (the `explain` report as aligned
 //!   lines for people) and the binary's subcommands.
@@ -43,6 +45,7 @@ pub mod metrics;
 pub mod pb;
 mod readiness;
 mod reload;
+pub mod runtime;
 pub mod server;
 pub mod sim;
 mod systemd;

@@ -24,11 +24,14 @@ fn config_text(core: &Core, extra: &str) -> String {
 /// An edge started from `path`, reloadable from it.
 async fn edge_from_file(path: &Path) -> RunningEdge {
     let config = Config::load(path).unwrap();
-    let edge = Edge::with_listeners(config, loopback().await, loopback().await)
+    let edge = Edge::bind_to(config, loopback_addr(), loopback_addr())
+        .await
+        .unwrap()
         .config_file(path.to_path_buf())
         .start()
         .await
         .unwrap();
+    let edge = follow_clock(edge);
     wait_until("the feed is connected", || async { edge.feed.is_connected() }).await;
     edge
 }

@@ -146,6 +146,10 @@ pub struct Resolver {
     feed: Arc<FeedState>,
     metrics: LookupMetrics,
     guard_metrics: GuardMetrics,
+    /// Where core calls (fills) run: the runtime the resolver was made on (the edge's main one, which
+    /// also runs the feed and admin), so that a serving runtime's queue only holds request work and a
+    /// fill outlives the connection that started it.
+    background: Option<tokio::runtime::Handle>,
 }
 
 /// Outcomes counted by a [`MemoryReader`] until it is dropped.
@@ -238,6 +242,16 @@ impl Resolver {
             feed,
             metrics,
             guard_metrics,
+            background: tokio::runtime::Handle::try_current().ok(),
+        }
+    }
+
+    /// Runs `task` on the background runtime (or, for a resolver made outside any runtime, on the
+    /// caller's).
+    fn spawn_background(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        match &self.background {
+            Some(runtime) => drop(runtime.spawn(task)),
+            None => drop(tokio::spawn(task)),
         }
     }
 
@@ -381,7 +395,7 @@ impl Resolver {
                 let resolver = self.clone();
                 let (id, task_fill) = (Arc::<str>::from(id), fill.clone());
                 let span = tracing::debug_span!("fill", merchant_id = %id);
-                tokio::spawn(async move { resolver.run_fill(id, task_fill, deadline).await }.instrument(span));
+                self.spawn_background(async move { resolver.run_fill(id, task_fill, deadline).await }.instrument(span));
                 (fill, waiting)
             }
         };
