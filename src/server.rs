@@ -231,22 +231,33 @@ impl Edge {
             &[crate::pb::LOOKUP_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET],
             &[crate::wire::merchant_lookup_server::SERVICE_NAME, tonic_health::pb::health_server::SERVICE_NAME],
         );
-        let lookup = MerchantLookupServer::new(LookupService::new(resolver.clone(), live.clone(), readiness.clone()))
-            .max_decoding_message_size(config.server.max_request_bytes.get() as usize);
-        let router = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .max_concurrent_streams(config.server.max_concurrent_streams.get())
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(lookup);
+        // A router per serving runtime, each with its own lookup service: tonic and axum clone the
+        // service's and the router's reference counts on every call, and one shared count would be a
+        // cache line every serving core writes per request.
+        let new_router = {
+            let (resolver, live, readiness) = (resolver.clone(), live.clone(), readiness.clone());
+            let (max_request_bytes, max_concurrent_streams) =
+                (config.server.max_request_bytes.get() as usize, config.server.max_concurrent_streams.get());
+            move || {
+                let lookup =
+                    MerchantLookupServer::new(LookupService::new(resolver.clone(), live.clone(), readiness.clone()))
+                        .max_decoding_message_size(max_request_bytes);
+                tonic::transport::Server::builder()
+                    .tcp_nodelay(true)
+                    .max_concurrent_streams(max_concurrent_streams)
+                    .add_service(health_service.clone())
+                    .add_service(reflection_v1.clone())
+                    .add_service(reflection_v1alpha.clone())
+                    .add_service(lookup)
+            }
+        };
         let serving_runtimes = grpc.len();
         let (grpc_task, per_core) = match config.server.runtime {
             ServerRuntime::Shared => {
                 let servers: Vec<_> = grpc
                     .into_inner()
                     .into_iter()
-                    .map(|listener| serve_grpc(router.clone(), tls.clone(), listener, stop_serving.fired()))
+                    .map(|listener| serve_grpc(new_router(), tls.clone(), listener, stop_serving.fired()))
                     .collect();
                 let task = tokio::spawn(async move {
                     futures::future::try_join_all(servers).await.map(drop).map_err(ServeError::from)
@@ -256,7 +267,7 @@ impl Edge {
             ServerRuntime::PerCore => {
                 let (tls, stop) = (tls.clone(), stop_serving.clone());
                 let (per_core, finished) = runtime::serve_per_core(grpc.into_inner(), move |listener| {
-                    serve_grpc(router.clone(), tls.clone(), listener, stop.fired())
+                    serve_grpc(new_router(), tls.clone(), listener, stop.fired())
                 })?;
                 (tokio::spawn(async move { finished.await.map_err(ServeError::from) }), Some(per_core))
             }
