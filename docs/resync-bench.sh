@@ -24,7 +24,7 @@ text = open(sys.argv[2]).read()
 pct = dict(re.findall(r"^  ([0-9.]+)% in ([0-9.]+) ms", text, re.M))
 rps = re.search(r"Requests/sec:\s*([0-9.]+)", text).group(1)
 codes = " ".join(re.findall(r"^  \[(\w+)\]\t(\d+) responses", text, re.M) and [f"{c}={n}" for c, n in re.findall(r"^  \[(\w+)\]\t(\d+) responses", text, re.M)])
-print(f"{sys.argv[1]}: {float(rps):.0f} req/s, p50 {pct['50.0']} ms, p99 {pct['99.0']} ms, p99.9 {pct['99.9']} ms ({codes})")
+print(f"{sys.argv[1]}: {float(rps):.0f} req/s, p50 {pct['50']} ms, p99 {pct['99']} ms, p99.9 {pct['99.9']} ms ({codes})")
 PY
 }
 for runtime in per-core shared; do
