@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # CPU per looked-up ID: unary Lookup vs BatchLookup of 100 IDs vs StreamLookup carrying 100 requests per
 # call, against one running edge, side by side.
-#   batch-bench.sh EDGE_ADDR EDGE_PID [ROUNDS] [SECONDS]
+#   batch-bench.sh EDGE_ADDR EDGE_PID [ROUNDS] [SECONDS] [CONNECTIONS]
+# (CONNECTIONS, default 16, each with 32 streams: 1 measures what one heavy connection gets.)
 set -euo pipefail
-EDGE=$1 PID=$2 ROUNDS=${3:-3} SECS=${4:-6}
+EDGE=$1 PID=$2 ROUNDS=${3:-3} SECS=${4:-6} CONNS=${5:-16}
 python3 - <<'PY'
 import struct
 def frame(msg): return b"\x00" + struct.pack(">I", len(msg)) + msg
@@ -17,7 +18,7 @@ cpu() { awk '{print $14+$15}' /proc/$PID/stat; }
 run() { # name path body ids-per-request
   local before after out ok
   before=$(cpu)
-  out=$(h2load -D "$SECS" -c 16 -m 32 -t 1 -d "$3" -H 'content-type: application/grpc' -H 'te: trailers' "http://$EDGE/merchant.v1.MerchantLookup/$2" 2>&1)
+  out=$(h2load -D "$SECS" -c "$CONNS" -m 32 -t 1 -d "$3" -H 'content-type: application/grpc' -H 'te: trailers' "http://$EDGE/merchant.v1.MerchantLookup/$2" 2>&1)
   after=$(cpu)
   ok=$(sed -n 's/.* \([0-9]*\) succeeded.*/\1/p' <<<"$out")
   python3 -c "import sys; t=(int(sys.argv[2])-int(sys.argv[1]))*1e4; n=int(sys.argv[3])*int(sys.argv[4]); print(f'{sys.argv[5]} {n/float(sys.argv[6]):.0f} {t/max(n,1):.3f}')" "$before" "$after" "${ok:-0}" "$4" "$1" "$SECS"

@@ -59,6 +59,45 @@ pub struct ServerConfig {
     /// TLS for terminals; absent means plaintext HTTP/2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// How gRPC calls are scheduled: one single-threaded runtime per core, or one shared multi-thread
+    /// runtime.
+    pub runtime: ServerRuntime,
+    /// How many runtimes serve gRPC with `runtime = "per-core"`; absent means one per core available to
+    /// the process (CPU affinity and cgroup quota honoured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<NonZeroU32>,
+}
+
+/// Most serving runtimes accepted for `server.threads`: far beyond any machine's cores, so a value
+/// above it is a slip (each runtime is an OS thread with its own listening socket).
+pub const MAX_SERVER_THREADS: u32 = 1024;
+
+/// How the terminal-facing gRPC listener is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerRuntime {
+    /// `server.threads` single-threaded runtimes, each on its own OS thread and accepting on its own
+    /// `SO_REUSEPORT` socket: a call is served where its connection was accepted, with no work moving
+    /// between cores; the kernel spreads connections across them.
+    #[default]
+    PerCore,
+    /// One multi-thread runtime (also running the background work) whose workers steal calls from each
+    /// other: one busy connection can use every core.
+    Shared,
+}
+
+impl ServerConfig {
+    /// How many runtimes serve gRPC: `threads`, else the cores available to the process; one for
+    /// `runtime = "shared"` (its one multi-thread runtime).
+    pub fn serving_runtimes(&self) -> usize {
+        match self.runtime {
+            ServerRuntime::Shared => 1,
+            ServerRuntime::PerCore => self
+                .threads
+                .map(|threads| threads.get() as usize)
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)),
+        }
+    }
 }
 
 /// TLS (and, with `client_ca`, mutual TLS) for the terminal-facing listener. The files are read again
@@ -84,6 +123,8 @@ impl Default for ServerConfig {
             max_concurrent_streams: NonZeroU32::new(256).expect("non-zero"),
             shutdown_grace: Duration::from_secs(10),
             tls: None,
+            runtime: ServerRuntime::PerCore,
+            threads: None,
         }
     }
 }
@@ -363,6 +404,16 @@ impl Config {
         if self.upstream.endpoint == UpstreamEndpoint::Embedded && self.upstream.embedded_merchants > MAX_EMBEDDED {
             problems.push(("upstream.embedded_merchants", format!("must be at most {MAX_EMBEDDED}")));
         }
+        match (self.server.runtime, self.server.threads) {
+            (ServerRuntime::Shared, Some(_)) => problems.push((
+                "server.threads",
+                "applies only to server.runtime = \"per-core\" (the shared runtime has one worker per core)".to_owned(),
+            )),
+            (_, Some(threads)) if threads.get() > MAX_SERVER_THREADS => {
+                problems.push(("server.threads", format!("must be at most {MAX_SERVER_THREADS}")));
+            }
+            _ => {}
+        }
         if let Some(key) = &self.protect.client_key {
             if tonic::metadata::MetadataKey::<tonic::metadata::Ascii>::from_bytes(key.as_bytes()).is_err()
                 || key.ends_with("-bin")
@@ -490,6 +541,17 @@ const RESTART_ONLY: &[RestartOnly] = &[
         key: "server.max_concurrent_streams",
         show: |c| c.server.max_concurrent_streams.to_string(),
         keep: |c, running| c.server.max_concurrent_streams = running.server.max_concurrent_streams,
+    },
+    // The serving runtimes and their sockets are built once, at start.
+    RestartOnly {
+        key: "server.runtime",
+        show: |c| format!("{:?}", c.server.runtime),
+        keep: |c, running| c.server.runtime = running.server.runtime,
+    },
+    RestartOnly {
+        key: "server.threads",
+        show: |c| c.server.threads.map_or_else(|| "one per core".to_owned(), |threads| threads.to_string()),
+        keep: |c, running| c.server.threads = running.server.threads,
     },
     // Certificates are re-read on reload; turning TLS on or off takes a restart.
     RestartOnly {
@@ -795,6 +857,28 @@ mod tests {
     }
 
     #[test]
+    fn the_serving_runtime_defaults_to_one_per_core_and_threads_apply_only_to_it() {
+        let config = Config::default();
+        assert_eq!(config.server.runtime, ServerRuntime::PerCore);
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(config.server.serving_runtimes(), cores);
+        let three = Config::parse("[server]\nthreads = 3\n", "t").unwrap();
+        assert_eq!(three.server.serving_runtimes(), 3);
+        let shared = Config::parse("[server]\nruntime = \"shared\"\n", "t").unwrap();
+        assert_eq!((shared.server.runtime, shared.server.serving_runtimes()), (ServerRuntime::Shared, 1));
+        let err = Config::parse("[server]\nruntime = \"shared\"\nthreads = 2\n", "e").unwrap_err().to_string();
+        assert!(err.contains("e:3: server.threads: applies only to server.runtime = \"per-core\""), "{err}");
+        let err = Config::parse("[server]\nthreads = 5000\n", "e").unwrap_err().to_string();
+        assert!(err.contains("e:2: server.threads: must be at most 1024"), "{err}");
+        let err = Config::parse("[server]\nruntime = \"per_core\"\n", "e").unwrap_err().to_string();
+        assert!(err.contains("e:2: server.runtime"), "{err}");
+        let running = Config::default();
+        let wanted = Config::parse("[server]\nruntime = \"shared\"\n", "t").unwrap();
+        assert_eq!(wanted.clone().with_restart_only_from(&running), running);
+        assert!(running.restart_only().iter().any(|(key, value)| *key == "server.threads" && value == "one per core"));
+    }
+
+    #[test]
     fn effective_config_round_trips() {
         let config = Config::parse("[upstream]\nendpoint = \"http://127.0.0.1:50052\"\n", "t").unwrap();
         assert_eq!(Config::parse(&config.to_toml(), "t").unwrap(), config);
@@ -819,6 +903,7 @@ mod tests {
             Level,
             Format,
             Charset,
+            Runtime,
             Path,
         }
 
@@ -834,6 +919,7 @@ mod tests {
             config.protect.per_client_burst = NonZeroU32::new(20);
             config.protect.client_key = Some("x-gateway-id".into());
             config.admin.token_file = Some("/etc/merchant-edge/admin-token".into());
+            config.server.threads = NonZeroU32::new(2);
             config
         }
 
@@ -846,6 +932,7 @@ mod tests {
                 ("level", _) => Kind::Level,
                 ("format", _) => Kind::Format,
                 ("charset", _) => Kind::Charset,
+                ("runtime", _) => Kind::Runtime,
                 (_, toml::Value::String(text)) if text.parse::<SocketAddr>().is_ok() => Kind::Address,
                 (_, toml::Value::String(text)) if humantime_serde::re::humantime::parse_duration(text).is_ok() => {
                     Kind::Duration
@@ -1008,6 +1095,7 @@ mod tests {
                 ]),
                 Kind::Format => strings(&["text", "json", "JSON", "yaml"]),
                 Kind::Charset => strings(&["digits", "alphanumeric", "hex", ""]),
+                Kind::Runtime => strings(&["per-core", "shared", "Shared", "per_core", "multi-thread", ""]),
                 Kind::Path => strings(&["/etc/merchant-edge/tls/server.pem", "relative/key.pem", "", "with\"quote\n"]),
             };
             prop_oneof![6 => plausible, 1 => any_value()].boxed()

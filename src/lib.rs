@@ -20,7 +20,9 @@
 //! - operations: readiness and gRPC health, the admin HTTP endpoint (with `explain`: the "why not
 //!   found" checklist; who may use the endpoints that change state: loopback, or a bearer token), live
 //!   reload, TLS, logging, systemd notifications.
-//! - [`server`]: assembles a running edge from a config and bound listeners, and drains it.
+//! - [`server`]: assembles a running edge from a config and bound listeners, and drains it;
+//!   [`runtime`]: where gRPC calls run (one single-threaded runtime per core on `SO_REUSEPORT`
+//!   sockets, or the shared multi-thread one), background work staying on the main runtime.
 //! - [`relay`]: `merchant-edge relay`: follows the core's change stream into a NATS JetStream stream,
 //!   each notice once and in core order, for a fleet of edges.
 //! - [`sim`]: the bank-core simulator (`core-sim`, and the embedded default upstream).
@@ -49,6 +51,7 @@ pub mod pb;
 mod readiness;
 pub mod relay;
 mod reload;
+pub mod runtime;
 pub mod server;
 pub mod sim;
 mod systemd;

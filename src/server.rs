@@ -16,13 +16,14 @@ use crate::admin::{self, AdminState};
 use tracing::Instrument;
 
 use crate::cache::Cache;
-use crate::config::{Config, LiveConfig, UpstreamEndpoint};
+use crate::config::{Config, LiveConfig, ServerRuntime, UpstreamEndpoint};
 use crate::feed::{ChangeFeed, FeedParts, FeedState};
 use crate::live;
 use crate::lookup::{LookupService, Resolver};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::reload::{self, Reloader};
+use crate::runtime::{self, GrpcListeners, PerCore, RuntimeError};
 use crate::sim::Simulator;
 use crate::telemetry::LogControl;
 use crate::tls::{self, TlsError, TlsSettings};
@@ -66,6 +67,9 @@ pub enum ServeError {
     #[error("server task failed: {0}")]
     /// A server task panicked or was cancelled.
     Task(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    /// A per-core serving runtime could not start or failed.
+    Runtime(#[from] RuntimeError),
 }
 
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, ServeError> {
@@ -105,7 +109,7 @@ pub enum Drain {
 /// An edge whose listeners are bound but not yet serving.
 pub struct Edge {
     config: Config,
-    grpc: TcpListener,
+    grpc: GrpcListeners,
     admin: TcpListener,
     config_file: Option<PathBuf>,
     log: Option<LogControl>,
@@ -114,14 +118,26 @@ pub struct Edge {
 impl Edge {
     /// Binds the listeners named in the config.
     pub async fn bind(config: Config) -> Result<Self, ServeError> {
-        let grpc = bind(config.server.listen, "server.listen").await?;
-        let admin = bind(config.admin.listen, "admin.listen").await?;
+        let (grpc, admin) = (config.server.listen, config.admin.listen);
+        Self::bind_to(config, grpc, admin).await
+    }
+
+    /// Binds the listeners at other addresses than the config's (tests bind 127.0.0.1:0): one gRPC
+    /// socket per serving runtime the config asks for, all on one port.
+    pub async fn bind_to(config: Config, grpc: SocketAddr, admin: SocketAddr) -> Result<Self, ServeError> {
+        let grpc = GrpcListeners::bind(grpc, config.server.serving_runtimes()).map_err(|source| ServeError::Bind {
+            addr: grpc,
+            what: "server.listen",
+            source,
+        })?;
+        let admin = bind(admin, "admin.listen").await?;
         Ok(Self::with_listeners(config, grpc, admin))
     }
 
-    /// Uses listeners bound by the caller (tests bind 127.0.0.1:0).
-    pub fn with_listeners(config: Config, grpc: TcpListener, admin: TcpListener) -> Self {
-        Self { config, grpc, admin, config_file: None, log: None }
+    /// Uses listeners bound by the caller. With `server.runtime = "per-core"` each gRPC socket gets
+    /// its own runtime (a single `TcpListener` is served by one).
+    pub fn with_listeners(config: Config, grpc: impl Into<GrpcListeners>, admin: TcpListener) -> Self {
+        Self { config, grpc: grpc.into(), admin, config_file: None, log: None }
     }
 
     /// The file the config came from, for reloads.
@@ -220,28 +236,45 @@ impl Edge {
             &[crate::pb::LOOKUP_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET],
             &[crate::wire::merchant_lookup_server::SERVICE_NAME, tonic_health::pb::health_server::SERVICE_NAME],
         );
-        let lookup = MerchantLookupServer::new(LookupService::new(resolver.clone(), live.clone(), readiness.clone()))
-            .max_decoding_message_size(config.server.max_request_bytes.get() as usize);
-        let router = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .max_concurrent_streams(config.server.max_concurrent_streams.get())
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(lookup);
-        let stop = stop_serving.fired();
-        let grpc_task = match &tls {
-            Some(tls) => {
-                let incoming = tls.clone().incoming(grpc);
-                tokio::spawn(async move {
-                    router.serve_with_incoming_shutdown(incoming, stop).await.map_err(ServeError::from)
-                })
+        // A router per serving runtime, each with its own lookup service: tonic and axum clone the
+        // service's and the router's reference counts on every call, and one shared count would be a
+        // cache line every serving core writes per request.
+        let new_router = {
+            let (resolver, live, readiness) = (resolver.clone(), live.clone(), readiness.clone());
+            let (max_request_bytes, max_concurrent_streams) =
+                (config.server.max_request_bytes.get() as usize, config.server.max_concurrent_streams.get());
+            move || {
+                let lookup =
+                    MerchantLookupServer::new(LookupService::new(resolver.clone(), live.clone(), readiness.clone()))
+                        .max_decoding_message_size(max_request_bytes);
+                tonic::transport::Server::builder()
+                    .tcp_nodelay(true)
+                    .max_concurrent_streams(max_concurrent_streams)
+                    .add_service(health_service.clone())
+                    .add_service(reflection_v1.clone())
+                    .add_service(reflection_v1alpha.clone())
+                    .add_service(lookup)
             }
-            None => {
-                let incoming = crate::accept::plaintext(grpc);
-                tokio::spawn(async move {
-                    router.serve_with_incoming_shutdown(incoming, stop).await.map_err(ServeError::from)
-                })
+        };
+        let serving_runtimes = grpc.len();
+        let (grpc_task, per_core) = match config.server.runtime {
+            ServerRuntime::Shared => {
+                let servers: Vec<_> = grpc
+                    .into_inner()
+                    .into_iter()
+                    .map(|listener| serve_grpc(new_router(), tls.clone(), listener, stop_serving.fired()))
+                    .collect();
+                let task = tokio::spawn(async move {
+                    futures::future::try_join_all(servers).await.map(drop).map_err(ServeError::from)
+                });
+                (task, None)
+            }
+            ServerRuntime::PerCore => {
+                let (tls, stop) = (tls.clone(), stop_serving.clone());
+                let (per_core, finished) = runtime::serve_per_core(grpc.into_inner(), move |listener| {
+                    serve_grpc(new_router(), tls.clone(), listener, stop.fired())
+                })?;
+                (tokio::spawn(async move { finished.await.map_err(ServeError::from) }), Some(per_core))
             }
         };
 
@@ -268,6 +301,8 @@ impl Edge {
             %grpc_addr,
             %admin_addr,
             tls = tls.is_some(),
+            runtime = ?config.server.runtime,
+            serving_runtimes,
             upstream = %config.upstream.endpoint,
             %core_endpoint,
             "merchant-edge serving"
@@ -288,8 +323,22 @@ impl Edge {
             grpc_task,
             background,
             admin_task,
+            per_core,
             _watcher: watcher,
         })
+    }
+}
+
+/// One gRPC server on `listener`, over TLS when configured, until `stop` (then it drains).
+async fn serve_grpc(
+    router: tonic::transport::server::Router,
+    tls: Option<Arc<TlsSettings>>,
+    listener: TcpListener,
+    stop: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    match tls {
+        Some(tls) => router.serve_with_incoming_shutdown(tls.incoming(listener), stop).await,
+        None => router.serve_with_incoming_shutdown(crate::accept::plaintext(listener), stop).await,
     }
 }
 
@@ -319,10 +368,19 @@ pub struct RunningEdge {
     grpc_task: JoinHandle<Result<(), ServeError>>,
     background: JoinSet<Result<(), ServeError>>,
     admin_task: JoinHandle<Result<(), ServeError>>,
+    /// The serving runtimes with `server.runtime = "per-core"` (stopped when this is dropped).
+    per_core: Option<PerCore>,
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl RunningEdge {
+    /// The runtimes serving gRPC with `server.runtime = "per-core"`; none with `"shared"`, which
+    /// serves on the runtime the edge was started on. (Tests that move tokio's paused clock move
+    /// these runtimes' clocks too: each runtime has its own.)
+    pub fn serving_runtimes(&self) -> &[tokio::runtime::Handle] {
+        self.per_core.as_ref().map_or(&[], PerCore::runtimes)
+    }
+
     /// Serves until `signal` completes (or the gRPC server fails), then drains.
     pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> Result<Drain, ServeError> {
         tokio::select! {
@@ -354,6 +412,9 @@ impl RunningEdge {
             }
             Err(_) => {
                 self.grpc_task.abort();
+                if let Some(per_core) = &self.per_core {
+                    per_core.cut_off();
+                }
                 Drain::Forced
             }
         };

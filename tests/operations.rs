@@ -24,11 +24,14 @@ fn config_text(core: &Core, extra: &str) -> String {
 /// An edge started from `path`, reloadable from it.
 async fn edge_from_file(path: &Path) -> RunningEdge {
     let config = Config::load(path).unwrap();
-    let edge = Edge::with_listeners(config, loopback().await, loopback().await)
+    let edge = Edge::bind_to(config, loopback_addr(), loopback_addr())
+        .await
+        .unwrap()
         .config_file(path.to_path_buf())
         .start()
         .await
         .unwrap();
+    let edge = follow_clock(edge);
     wait_until("the feed is connected", || async { edge.feed.is_connected() }).await;
     edge
 }
@@ -284,6 +287,9 @@ async fn a_drain_reports_not_serving_and_lets_calls_in_flight_finish() {
     let core = Core::start(1000).await;
     let mut config = edge_config(&core.url());
     config.server.shutdown_grace = Duration::from_secs(30);
+    // The held call must outlast the drain's steps below however loaded the machine is (the default
+    // 2 s core timeout would end it first when the whole suite runs on two busy cores).
+    config.upstream.timeout = Duration::from_secs(30);
     let edge = start_following_edge(config).await;
     let (admin, grpc) = (edge.admin_addr, edge.grpc_addr);
     let mut health = HealthClient::new(channel(edge.grpc_addr).await);

@@ -1,6 +1,7 @@
 //! The lookup path's metrics: lookups by the store that answered and the result, waits on shared
 //! core calls, refresh-ahead; lookups with a consistency token; and the store hit/miss counters,
-//! which follow from lookup outcomes.
+//! which follow from lookup outcomes. Lookup outcomes are [`ShardedCounter`]s (the hit path adds one
+//! per call on every serving core), summed when scraped.
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -8,6 +9,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use super::counters::ShardedCounter;
 use crate::cache::{StoreLabel, StoreLabels};
 use crate::metric_labels::label_values;
 
@@ -41,10 +43,9 @@ struct LookupLabels {
 }
 
 /// Counters of the lookup path (cloning shares them).
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct LookupMetrics {
-    lookups: Family<LookupLabels, Counter>,
-    /// Pre-resolved for the hot paths.
+    /// Lookups by source and result, one counter per pair.
     pub counters: LookupCounters,
     /// Lookups that joined a core call already in flight.
     pub coalesced_waits: Counter,
@@ -54,19 +55,6 @@ pub struct LookupMetrics {
     pub tokens: TokenMetrics,
 }
 
-impl Default for LookupMetrics {
-    fn default() -> Self {
-        let lookups = Family::<LookupLabels, Counter>::default();
-        Self {
-            counters: LookupCounters::resolve(&lookups),
-            lookups,
-            coalesced_waits: Counter::default(),
-            refreshes_ahead: Counter::default(),
-            tokens: TokenMetrics::default(),
-        }
-    }
-}
-
 impl LookupMetrics {
     /// Creates the metrics and registers them in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
@@ -74,7 +62,7 @@ impl LookupMetrics {
         registry.register(
             "lookups",
             "Lookups answered, by the store that answered and the result",
-            metrics.lookups.clone(),
+            LookupTally(metrics.counters.by_labels()),
         );
         registry.register(
             "coalesced_waits",
@@ -106,14 +94,31 @@ impl LookupMetrics {
     }
 }
 
+/// The `lookups` family: each (source, result) pair's sharded counter, summed when scraped.
+#[derive(Debug)]
+struct LookupTally(Vec<(LookupLabels, ShardedCounter)>);
+
+impl EncodeMetric for LookupTally {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> std::fmt::Result {
+        for (labels, counter) in &self.0 {
+            encoder.encode_family(labels)?.encode_counter::<NoLabelSet, _, u64>(&counter.get(), None)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
 /// A counter per store whose value is a sum of lookup-outcome counters, computed when scraped.
 #[derive(Debug)]
-struct StoreTally(Vec<(StoreLabel, Vec<Counter>)>);
+struct StoreTally(Vec<(StoreLabel, Vec<ShardedCounter>)>);
 
 impl EncodeMetric for StoreTally {
     fn encode(&self, mut encoder: MetricEncoder<'_>) -> std::fmt::Result {
         for (store, parts) in &self.0 {
-            let total: u64 = parts.iter().map(Counter::get).sum();
+            let total: u64 = parts.iter().map(ShardedCounter::get).sum();
             encoder
                 .encode_family(&StoreLabels { store: *store })?
                 .encode_counter::<NoLabelSet, _, u64>(&total, None)?;
@@ -126,39 +131,42 @@ impl EncodeMetric for StoreTally {
     }
 }
 
-/// Pre-resolved lookup counters for the hot paths.
-#[derive(Clone)]
+/// The lookup-outcome counters, one per (source, result) pair a lookup can end with.
+#[derive(Clone, Default)]
 pub struct LookupCounters {
     /// A merchant answered from memory.
-    pub cache_hit: Counter,
+    pub cache_hit: ShardedCounter,
     /// A "not found" answered from memory.
-    pub negative_hit: Counter,
+    pub negative_hit: ShardedCounter,
     /// A merchant answered by the core.
-    pub upstream_found: Counter,
+    pub upstream_found: ShardedCounter,
     /// A "not found" answered by the core.
-    pub upstream_not_found: Counter,
+    pub upstream_not_found: ShardedCounter,
     /// An ID that broke the ID rule.
-    pub invalid_id: Counter,
+    pub invalid_id: ShardedCounter,
     /// No answer: the core could not be asked or did not answer.
-    pub unavailable: Counter,
+    pub unavailable: ShardedCounter,
     /// A merchant past its TTL, served because the core could not answer.
-    pub stale: Counter,
+    pub stale: ShardedCounter,
 }
 
 impl LookupCounters {
-    fn resolve(lookups: &Family<LookupLabels, Counter>) -> Self {
+    /// Each counter with the labels it is exposed under.
+    fn by_labels(&self) -> Vec<(LookupLabels, ShardedCounter)> {
         use ResultLabel::*;
         use SourceLabel as S;
-        let counter = |source, result| lookups.get_or_create(&LookupLabels { source, result }).clone();
-        Self {
-            cache_hit: counter(S::Cache, Found),
-            negative_hit: counter(S::NegativeCache, NotFound),
-            upstream_found: counter(S::Upstream, Found),
-            upstream_not_found: counter(S::Upstream, NotFound),
-            invalid_id: counter(S::None, InvalidId),
-            unavailable: counter(S::None, Unavailable),
-            stale: counter(S::Stale, Found),
-        }
+        [
+            (S::Cache, Found, &self.cache_hit),
+            (S::NegativeCache, NotFound, &self.negative_hit),
+            (S::Upstream, Found, &self.upstream_found),
+            (S::Upstream, NotFound, &self.upstream_not_found),
+            (S::None, InvalidId, &self.invalid_id),
+            (S::None, Unavailable, &self.unavailable),
+            (S::Stale, Found, &self.stale),
+        ]
+        .into_iter()
+        .map(|(source, result, counter)| (LookupLabels { source, result }, counter.clone()))
+        .collect()
     }
 }
 

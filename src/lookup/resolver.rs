@@ -197,6 +197,10 @@ pub struct Resolver {
     guard_metrics: GuardMetrics,
     /// The latest core read answered, for judging consistency tokens ahead of the core.
     head_proof: fresh::HeadProof,
+    /// Where core calls (fills) run: the runtime the resolver was made on (the edge's main one, which
+    /// also runs the feed and admin), so that a serving runtime's queue only holds request work and a
+    /// fill outlives the connection that started it.
+    background: Option<tokio::runtime::Handle>,
 }
 
 /// Outcomes counted by a [`MemoryReader`] until it is dropped.
@@ -274,11 +278,14 @@ impl Drop for MemoryReader<'_> {
             (&counters.cache_hit, tally.cache_hit),
             (&counters.negative_hit, tally.negative_hit),
             (&counters.invalid_id, tally.invalid_id),
-            (&self.resolver.metrics.tokens.fresh, tally.token_fresh),
         ] {
             if count > 0 {
                 counter.inc_by(count);
             }
+        }
+        // Only lookups carrying a token count here, so one shared counter is cheap enough.
+        if tally.token_fresh > 0 {
+            self.resolver.metrics.tokens.fresh.inc_by(tally.token_fresh);
         }
     }
 }
@@ -316,6 +323,16 @@ impl Resolver {
             metrics,
             guard_metrics,
             head_proof: fresh::HeadProof::default(),
+            background: tokio::runtime::Handle::try_current().ok(),
+        }
+    }
+
+    /// Runs `task` on the background runtime (or, for a resolver made outside any runtime, on the
+    /// caller's).
+    fn spawn_background(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        match &self.background {
+            Some(runtime) => drop(runtime.spawn(task)),
+            None => drop(tokio::spawn(task)),
         }
     }
 
@@ -491,7 +508,7 @@ impl Resolver {
                 let resolver = self.clone();
                 let (id, task_fill) = (Arc::<str>::from(id), fill.clone());
                 let span = tracing::debug_span!("fill", merchant_id = %id);
-                tokio::spawn(async move { resolver.run_fill(id, task_fill, deadline).await }.instrument(span));
+                self.spawn_background(async move { resolver.run_fill(id, task_fill, deadline).await }.instrument(span));
                 (fill, waiting)
             }
         };

@@ -97,8 +97,27 @@ pub fn edge_config(core_url: &str) -> Config {
     config
 }
 
+pub fn loopback_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// Starts an edge on 127.0.0.1:0 with as many gRPC sockets as its config serves from (one per core
+/// by default), so tests run on the serving runtime the config asks for.
 pub async fn start_edge(config: Config) -> RunningEdge {
-    Edge::with_listeners(config, loopback().await, loopback().await).start().await.expect("edge starts")
+    let edge = Edge::bind_to(config, loopback_addr(), loopback_addr()).await.expect("edge binds");
+    follow_clock(edge.start().await.expect("edge starts"))
+}
+
+thread_local! {
+    /// The serving runtimes of the edges this test started (each test runs on its own thread).
+    static SERVING_RUNTIMES: std::cell::RefCell<Vec<tokio::runtime::Handle>> = Default::default();
+}
+
+/// Has [`advance_clock`] move the clocks of `edge`'s serving runtimes too: each tokio runtime keeps
+/// its own clock, and per-core runtimes read theirs on the hit path.
+pub fn follow_clock(edge: RunningEdge) -> RunningEdge {
+    SERVING_RUNTIMES.with(|runtimes| runtimes.borrow_mut().extend(edge.serving_runtimes().iter().cloned()));
+    edge
 }
 
 /// Starts an edge and waits until its feed has synced with the core and is following the stream
@@ -122,12 +141,21 @@ pub async fn lookup(client: &mut MerchantLookupClient<Channel>, id: &str) -> Res
     client.lookup(LookupRequest { merchant_id: id.to_owned(), min_sequence: 0 }).await.map(|r| r.into_inner())
 }
 
-/// Moves tokio's clock forward without sleeping. The clock is paused only for the jump, so the
-/// loopback I/O of the rest of the test runs on normal time.
+/// Moves tokio's clock forward without sleeping: the test's runtime (where the edge's background work
+/// runs) and the serving runtimes of the edges it started. Each clock is paused only for the jump, so
+/// the loopback I/O of the rest of the test runs on normal time.
 pub async fn advance_clock(by: Duration) {
-    tokio::time::pause();
-    tokio::time::advance(by).await;
-    tokio::time::resume();
+    async fn jump(by: Duration) {
+        tokio::time::pause();
+        tokio::time::advance(by).await;
+        tokio::time::resume();
+    }
+    jump(by).await;
+    let runtimes = SERVING_RUNTIMES.with(|runtimes| runtimes.borrow().clone());
+    for runtime in runtimes {
+        // A runtime of an edge already stopped cancels the task at once; nothing to move there.
+        let _ = runtime.spawn(jump(by)).await;
+    }
 }
 
 /// Polls `condition` until it holds; fails the test after 10 s of real time.

@@ -86,7 +86,7 @@ impl Resolver {
             Ok(Answer { merchant: Some(_), .. }) => counters.upstream_found.inc(),
             Ok(Answer { merchant: None, .. }) => counters.upstream_not_found.inc(),
             // Not an answer the core could not give: the request asked for the impossible.
-            Err(LookupError::SequenceAhead { .. }) => 0,
+            Err(LookupError::SequenceAhead { .. }) => {}
             Err(_) => counters.unavailable.inc(),
         };
         tokens.count(match &answer {
