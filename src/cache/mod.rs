@@ -101,8 +101,10 @@ impl Cache {
         true
     }
 
-    /// Ends a fill whose outcome was published: installs its answer if the rule allows, and frees its
-    /// slot. Caching may wait for a capacity migration; the fill's waiters already have the answer.
+    /// Ends a fill: installs its answer if the rule allows, and frees its slot. Caching may wait for
+    /// a capacity migration, so the fill's waiters are answered first, by `publish`, unless the stores
+    /// can be written at once: then the answer is cached before anyone has it, and a caller that asks
+    /// again right after its answer finds it in memory.
     pub async fn settle_fill(
         &self,
         id: &str,
@@ -110,8 +112,18 @@ impl Cache {
         outcome: &FillOutcome,
         learned_at: Instant,
         negative_cap: Duration,
+        publish: impl FnOnce(),
     ) {
-        let _writes = self.store_writes.read().await;
+        let mut publish = Some(publish);
+        let writes = match self.store_writes.try_read() {
+            Ok(writes) => writes,
+            Err(_) => {
+                if let Some(publish) = publish.take() {
+                    publish();
+                }
+                self.store_writes.read().await
+            }
+        };
         let answer = outcome.as_ref().ok();
         let installed = self.fills.settle(id, fill, answer, |offer, answer| {
             let answer = Answer {
@@ -120,6 +132,10 @@ impl Cache {
             };
             self.install(id, offer, answer, learned_at, negative_cap)
         });
+        drop(writes);
+        if let Some(publish) = publish.take() {
+            publish();
+        }
         if answer.is_some() && !installed {
             self.metrics.fills_fenced.inc();
         }
@@ -260,9 +276,21 @@ mod tests {
         let Role::Started(fill) = cache.join_or_start(ID, 0) else { panic!("no fill runs") };
         cache.apply_change(ID, Some(&merchant(ID, 1)), 1, Duration::MAX).await;
         let not_found: FillOutcome = Ok(Filled { merchant: None, as_of_sequence: 0 });
-        cache.settle_fill(ID, &fill, &not_found, Instant::now(), Duration::MAX).await;
+        cache.settle_fill(ID, &fill, &not_found, Instant::now(), Duration::MAX, || ()).await;
         assert_eq!(stored_version(&cache, ID), Some(1), "the late not-found did not replace the onboarded merchant");
         assert_eq!(cache.metrics().fills_fenced.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_fill_is_cached_before_its_waiters_are_answered() {
+        let cache = cache();
+        let Role::Started(fill) = cache.join_or_start(ID, 0) else { panic!() };
+        let found: FillOutcome =
+            Ok(Filled { merchant: Some(EncodedMerchant::encode(&merchant(ID, 1))), as_of_sequence: 0 });
+        let mut cached_first = false;
+        let publish = || cached_first = stored_version(&cache, ID) == Some(1);
+        cache.settle_fill(ID, &fill, &found, Instant::now(), Duration::MAX, publish).await;
+        assert!(cached_first, "a caller that asks again right after its answer finds it in memory");
     }
 
     #[tokio::test]
@@ -270,7 +298,7 @@ mod tests {
         let cache = cache();
         let Role::Started(fill) = cache.join_or_start(ID, 0) else { panic!() };
         let not_found: FillOutcome = Ok(Filled { merchant: None, as_of_sequence: 0 });
-        cache.settle_fill(ID, &fill, &not_found, Instant::now(), Duration::ZERO).await;
+        cache.settle_fill(ID, &fill, &not_found, Instant::now(), Duration::ZERO, || ()).await;
         assert!(cache.stores().stored(ID).is_none());
     }
 }

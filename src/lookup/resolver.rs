@@ -549,8 +549,8 @@ impl Resolver {
             }
         }
         let learned_at = Instant::now();
-        fill.publish(outcome.clone());
         let negative_cap = self.feed.negative_ttl(Duration::MAX, config.feed.negative_ttl_when_down);
-        self.cache.settle_fill(&id, &fill, &outcome, learned_at, negative_cap).await;
+        let publish = || fill.publish(outcome.clone());
+        self.cache.settle_fill(&id, &fill, &outcome, learned_at, negative_cap, publish).await;
     }
 }
