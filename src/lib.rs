@@ -18,6 +18,9 @@
 //! - operations: readiness and gRPC health, the admin HTTP endpoint (with `explain`: the "why not
 //!   found" checklist; who may use the endpoints that change state: loopback, or a bearer token), live
 //!   reload, TLS, logging, systemd notifications.
+//! - [`snapshot`]: the local snapshot file (what the edge holds, its feed position): restored at start
+//!   through the [`cache`] so a restart answers while the core is down, and the feed resumes from it;
+//!   written crash-safe every interval and at drain.
 //! - [`server`]: assembles a running edge from a config and bound listeners, and drains it.
 //! - [`sim`]: the bank-core simulator (`core-sim`, and the embedded default upstream).
 //! - [`client`], [`commands`]: the `lookup` and `explain` clients (the `explain` report as aligned
@@ -45,6 +48,7 @@ mod readiness;
 mod reload;
 pub mod server;
 pub mod sim;
+pub mod snapshot;
 mod systemd;
 mod telemetry;
 mod text;

@@ -308,12 +308,23 @@ impl PositiveStore {
 
     /// Every entry, shard by shard (each shard read under its lock).
     pub fn for_each(&self, mut visit: impl FnMut(&str, PositiveEntry)) {
-        for shard in self.shards.iter() {
-            let shard = shard.read();
-            for slot in &shard.slots {
-                let id = std::str::from_utf8(slot.id()).expect("IDs are stored from &str");
-                visit(id, self.entry(slot));
-            }
+        for shard in 0..self.shard_count() {
+            self.for_each_in_shard(shard, &mut visit);
+        }
+    }
+
+    /// How many shards [`Self::for_each_in_shard`] walks.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Every entry of one shard, read under that shard's lock only (so a caller doing slow work between
+    /// shards, such as writing a snapshot, holds no lock meanwhile).
+    pub fn for_each_in_shard(&self, shard: usize, mut visit: impl FnMut(&str, PositiveEntry)) {
+        let shard = self.shards[shard].read();
+        for slot in &shard.slots {
+            let id = std::str::from_utf8(slot.id()).expect("IDs are stored from &str");
+            visit(id, self.entry(slot));
         }
     }
 
