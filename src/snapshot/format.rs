@@ -385,3 +385,89 @@ pub fn read_records<R: Read>(
         Err(error) => Err(Rejected::unreadable(&error)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::dataset::synthetic_merchant;
+
+    fn header() -> Header {
+        let rule = IdRule::default();
+        Header {
+            sequence: 7,
+            incarnation: "inc-1".into(),
+            written_at_unix_ms: 1_700_000_000_000,
+            id_rule_fingerprint: id_rule_fingerprint(&rule),
+            id_rule: describe_rule(&rule),
+            written_by: "test".into(),
+        }
+    }
+
+    fn file(merchants: u64) -> Vec<u8> {
+        let mut out = Summing::new(Vec::new());
+        write_header(&mut out, &header()).unwrap();
+        let mut buffer = Vec::new();
+        for i in 0..merchants {
+            encode_record(&mut buffer, &synthetic_merchant(i).encode_to_vec(), i, 1_700_000_000_000 - i as i64);
+        }
+        out.write_all(&buffer).unwrap();
+        write_trailer(&mut out, merchants).unwrap();
+        out.into_inner()
+    }
+
+    fn read(bytes: &[u8]) -> Result<(Verified, Vec<Record>), Rejected> {
+        let mut input = Summing::new(bytes);
+        let header = read_header(&mut input, Some(&IdRule::default()))?;
+        let mut records = Vec::new();
+        let verified = read_records(input, header, |record| records.push(record))?;
+        Ok((verified, records))
+    }
+
+    #[test]
+    fn records_read_back_as_written_and_decode_as_the_documented_proto() {
+        let bytes = file(3);
+        let (verified, records) = read(&bytes).unwrap();
+        assert_eq!(verified, Verified { header: header(), merchants: 3, bytes: bytes.len() as u64 });
+        let expected: Vec<Record> = (0..3)
+            .map(|i| Record {
+                merchant: Some(synthetic_merchant(i)),
+                as_of_sequence: i,
+                learned_at_unix_ms: 1_700_000_000_000 - i as i64,
+            })
+            .collect();
+        assert_eq!(records, expected, "the hand-written encoding is the Record message's");
+    }
+
+    #[test]
+    fn every_truncation_and_every_flipped_byte_is_rejected() {
+        let bytes = file(20);
+        for len in 0..bytes.len() {
+            let rejected = read(&bytes[..len]).unwrap_err();
+            assert_eq!(rejected.reason, RejectReason::Truncated, "cut at {len}: {rejected}");
+        }
+        for at in 0..bytes.len() {
+            let mut flipped = bytes.clone();
+            flipped[at] ^= 0x10;
+            let rejected = read(&flipped).expect_err(&format!("byte {at} flipped"));
+            assert_ne!(rejected.reason, RejectReason::OtherIdRule, "byte {at}: {rejected}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(read(&longer).unwrap_err().reason, RejectReason::Corrupted);
+    }
+
+    #[test]
+    fn another_version_or_id_rule_is_named() {
+        let mut bytes = file(1);
+        bytes[8] = 2;
+        let rejected = read(&bytes).unwrap_err();
+        assert_eq!(rejected.reason, RejectReason::UnknownVersion);
+        assert!(rejected.message.contains("format version 2"), "{rejected}");
+        let bytes = file(1);
+        let other = IdRule { charset: crate::merchant_id::Charset::Alphanumeric, ..IdRule::default() };
+        let rejected = read_header(&mut Summing::new(bytes.as_slice()), Some(&other)).unwrap_err();
+        assert_eq!(rejected.reason, RejectReason::OtherIdRule);
+        assert!(rejected.message.contains("15..15 digits"), "{rejected}");
+        assert_eq!(read(&[]).unwrap_err().message, "truncated: the file is empty");
+    }
+}

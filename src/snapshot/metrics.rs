@@ -133,6 +133,16 @@ impl SnapshotMetrics {
         self.writes.get_or_create(&WriteLabels { result: WriteResult::Failure }).inc();
     }
 
+    /// How many starts ended with `outcome` (for tests and explanations).
+    pub fn loads(&self, outcome: LoadOutcome) -> u64 {
+        self.loads.get_or_create(&LoadLabels { outcome }).get()
+    }
+
+    /// Complete writes since start.
+    pub fn writes_succeeded(&self) -> u64 {
+        self.writes.get_or_create(&WriteLabels { result: WriteResult::Success }).get()
+    }
+
     /// Records what became of the snapshot at start.
     pub fn loaded(&self, outcome: LoadOutcome) {
         self.loads.get_or_create(&LoadLabels { outcome }).inc();
