@@ -257,17 +257,15 @@ pub struct Restoring {
 }
 
 impl Restoring {
-    /// Takes in one merchant the core sent as of `as_of_sequence`, learned `age` ago. One learned too
-    /// long ago to be answered even stale is left out (the next lookup asks the core).
-    pub fn put(&mut self, merchant: &Merchant, as_of_sequence: u64, age: Duration) {
+    /// Takes in merchant `id` (as the core sent it, encoded) as of `as_of_sequence`, learned `age` ago.
+    /// One learned too long ago to be answered even stale is left out (the next lookup asks the core).
+    pub fn put(&mut self, id: &str, merchant: EncodedMerchant, as_of_sequence: u64, age: Duration) {
         if age > self.window {
             self.too_old += 1;
             return;
         }
-        let learned_at = self.now - age;
-        let entry =
-            PositiveEntry { merchant: EncodedMerchant::encode(merchant), as_of_sequence, learned_at, ttl: self.ttl };
-        self.stores.put_positive(Arc::from(merchant.merchant_id.as_str()), entry, None);
+        let entry = PositiveEntry { merchant, as_of_sequence, learned_at: self.now - age, ttl: self.ttl };
+        self.stores.restore_positive(id, &entry);
         self.kept += 1;
     }
 

@@ -72,6 +72,32 @@ pub struct Record {
     pub learned_at_unix_ms: i64,
 }
 
+/// A record as the loader reads it: the merchant left encoded, as the stores keep it (decoding and
+/// re-encoding every merchant would double the load time).
+#[derive(Clone, PartialEq, Message)]
+pub struct RawRecord {
+    /// The encoded `merchant.v1.Merchant`.
+    #[prost(bytes = "bytes", tag = "1")]
+    pub merchant: bytes::Bytes,
+    /// Every change up to this core sequence is reflected in the record.
+    #[prost(uint64, tag = "2")]
+    pub as_of_sequence: u64,
+    /// When the edge learned it from the core (Unix milliseconds).
+    #[prost(int64, tag = "3")]
+    pub learned_at_unix_ms: i64,
+}
+
+/// The two fields of a `merchant.v1.Merchant` the stores index by (protobuf skips the others).
+#[derive(Clone, PartialEq, Message)]
+pub struct MerchantKey {
+    /// `Merchant.merchant_id`.
+    #[prost(string, tag = "1")]
+    pub merchant_id: String,
+    /// `Merchant.status`.
+    #[prost(int32, tag = "5")]
+    pub status: i32,
+}
+
 /// A stable fingerprint of an ID rule (FNV-1a of its canonical text): IDs normalised under another rule
 /// may not even be valid IDs now, so such a snapshot is rejected.
 pub fn id_rule_fingerprint(rule: &IdRule) -> u64 {
@@ -328,16 +354,16 @@ pub fn read_header<R: Read>(input: &mut Summing<R>, rule: Option<&IdRule>) -> Re
     Ok(header)
 }
 
-/// Reads the records after the header, handing each to `take`, then checks the trailer: the count, the
+/// Reads the records after the header, handing each (with its merchant's ID and status) to `take`,
+/// then checks the trailer: the count, the
 /// checksum over the whole content, and that nothing follows. Only an `Ok` means the records handed
 /// over are the file's whole and intact content.
 pub fn read_records<R: Read>(
     mut input: Summing<R>,
     header: Header,
-    mut take: impl FnMut(Record),
+    mut take: impl FnMut(RawRecord, MerchantKey),
 ) -> Result<Verified, Rejected> {
     let mut count = 0u64;
-    let mut buffer = Vec::new();
     loop {
         let reading = format!("record {}", count + 1);
         let len = read_varint(&mut input, &reading)?;
@@ -347,14 +373,17 @@ pub fn read_records<R: Read>(
         if len > u64::from(MAX_MESSAGE) {
             return Err(Rejected::corrupted(format!("record {} has an implausible length {len}", count + 1)));
         }
-        buffer.resize(len as usize, 0);
+        let mut buffer = vec![0; len as usize];
         read_exact(&mut input, &mut buffer, &reading)?;
-        let record = Record::decode(buffer.as_slice())
-            .map_err(|e| Rejected::corrupted(format!("record {} does not decode: {e}", count + 1)))?;
-        if record.merchant.as_ref().is_none_or(|merchant| merchant.merchant_id.is_empty()) {
+        let undecodable =
+            |e: prost::DecodeError| Rejected::corrupted(format!("record {} does not decode: {e}", count + 1));
+        // From `Bytes`, the merchant is a view of the record's buffer, not a copy.
+        let record = RawRecord::decode(bytes::Bytes::from(buffer)).map_err(undecodable)?;
+        let key = MerchantKey::decode(record.merchant.clone()).map_err(undecodable)?;
+        if key.merchant_id.is_empty() {
             return Err(Rejected::corrupted(format!("record {} holds no merchant ID", count + 1)));
         }
-        take(record);
+        take(record, key);
         count += 1;
     }
     let mut stored_count = [0; 8];
@@ -419,7 +448,17 @@ mod tests {
         let mut input = Summing::new(bytes);
         let header = read_header(&mut input, Some(&IdRule::default()))?;
         let mut records = Vec::new();
-        let verified = read_records(input, header, |record| records.push(record))?;
+        let verified = read_records(input, header, |raw, key| {
+            // A damaged merchant may still yield its key; the checksum rejects the file after.
+            if let Ok(merchant) = Merchant::decode(raw.merchant) {
+                assert_eq!((key.merchant_id.as_str(), key.status), (merchant.merchant_id.as_str(), merchant.status));
+                records.push(Record {
+                    merchant: Some(merchant),
+                    as_of_sequence: raw.as_of_sequence,
+                    learned_at_unix_ms: raw.learned_at_unix_ms,
+                });
+            }
+        })?;
         Ok((verified, records))
     }
 

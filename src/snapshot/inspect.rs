@@ -12,7 +12,7 @@ use super::loader::{self, LoadError};
 pub fn verify(path: &Path) -> Result<Verified, Box<(Option<format::Header>, LoadError)>> {
     let mut input = loader::open(path).map_err(|error| Box::new((None, error)))?;
     let header = format::read_header(&mut input, None).map_err(|rejected| Box::new((None, rejected.into())))?;
-    format::read_records(input, header.clone(), |_| {}).map_err(|rejected| Box::new((Some(header), rejected.into())))
+    format::read_records(input, header.clone(), |_, _| {}).map_err(|rejected| Box::new((Some(header), rejected.into())))
 }
 
 fn print_header(header: &format::Header) {

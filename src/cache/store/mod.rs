@@ -193,6 +193,11 @@ impl Stores {
         self.positive.insert(&id, &entry);
     }
 
+    /// Stores a merchant in stores being restored, which hold no "not found" to forget.
+    pub(super) fn restore_positive(&self, id: &str, entry: &PositiveEntry) {
+        self.positive.insert(id, entry);
+    }
+
     /// Stores a "not found" and forgets any merchant for that ID (`held` is what [`Self::stored`] said).
     pub(super) fn put_negative(&self, id: Arc<str>, entry: NegativeEntry, held: Option<Stored>) {
         if !matches!(held, Some(Stored::Negative(_))) {
