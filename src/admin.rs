@@ -5,6 +5,7 @@
 //! `admin.token_file`.
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{header, StatusCode};
@@ -12,8 +13,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use std::time::Duration;
-
 use tokio::time::Instant;
 
 use crate::admin_auth::{self, Access, AdminToken};
