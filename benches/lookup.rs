@@ -1,4 +1,5 @@
-//! The lookup path without the network: a hit, a negative hit, the bookkeeping of a miss (singleflight
+//! The lookup path without the network: a hit (without and with a consistency token the edge has
+//! applied, side by side), a negative hit, the bookkeeping of a miss (singleflight
 //! slot, publish, fenced install), applying a change notice, ID normalisation, and encoding the answer.
 //! Run: `cargo bench --bench lookup`.
 // criterion's macros generate undocumented public functions.
@@ -54,6 +55,8 @@ fn resolver(runtime: &tokio::runtime::Runtime) -> Arc<Resolver> {
             apply(&cache, &notice(index + 1, index, ChangeKind::Upsert)).await;
             apply(&cache, &notice(index + 1, index + 10_000, ChangeKind::Delete)).await;
         }
+        // As the feed records having applied those notices (a token up to here is satisfied).
+        feed.restart_at(10_000);
         Arc::new(Resolver::new(config, cache, core, feed, metrics.lookup.clone(), metrics.guard.clone()))
     })
 }
@@ -64,6 +67,10 @@ fn lookup(c: &mut Criterion) {
     let (hit, negative) = (synthetic_id(4242), synthetic_id(14_242));
     let anyone = Caller::default();
     c.bench_function("lookup/hit", |b| b.to_async(&runtime).iter(|| resolver.lookup(&hit, &anyone)));
+    // The token costs one load of the applied sequence and a compare on top of the hit.
+    c.bench_function("lookup/hit with satisfied token", |b| {
+        b.to_async(&runtime).iter(|| resolver.lookup_at_least(&hit, 9_999, &anyone))
+    });
     c.bench_function("lookup/negative hit", |b| b.to_async(&runtime).iter(|| resolver.lookup(&negative, &anyone)));
 
     let mut sequence = 1_000_000;

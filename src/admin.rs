@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -107,8 +107,9 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
         }
         (false, None) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: warming up or draining".to_owned()),
     };
+    let source = state.config.load().feed.source.as_str();
     let body = format!(
-        "{verdict}\nfeed: {link}, applied sequence {}, core head {}, lag {} / {:.1}s\n",
+        "{verdict}\nfeed: {link}, applied sequence {}, core head {}, lag {} / {:.1}s, source {source}\n",
         feed.applied(),
         feed.head(),
         crate::text::count(lag.notices, "notice", "notices"),
@@ -135,11 +136,34 @@ async fn config(State(state): State<AdminState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body)
 }
 
-/// The checklist and verdict for one ID, as JSON. It asks the core directly, so it is guarded like the
-/// state-changing endpoints.
-async fn explain(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
+/// The checklist and verdict for one ID, as JSON; `?min_sequence=N` adds a consistency token to check.
+/// It asks the core directly, so it is guarded like the state-changing endpoints.
+async fn explain(State(state): State<AdminState>, Path(id): Path<String>, RawQuery(query): RawQuery) -> Response {
+    let min_sequence = match min_sequence_param(query.as_deref()) {
+        Ok(min_sequence) => min_sequence,
+        Err(message) => {
+            return (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": message }))).into_response()
+        }
+    };
     let config = state.config.load_full();
-    Json(crate::explain::explain(&config, &state.resolver, &state.feed, &id).await).into_response()
+    Json(crate::explain::explain(&config, &state.resolver, &state.feed, &id, min_sequence).await).into_response()
+}
+
+/// The `min_sequence` of an explain query string (the only parameter it takes).
+fn min_sequence_param(query: Option<&str>) -> Result<Option<u64>, String> {
+    let mut min_sequence = None;
+    for pair in query.unwrap_or_default().split('&').filter(|pair| !pair.is_empty()) {
+        match pair.split_once('=') {
+            Some(("min_sequence", value)) => {
+                let parsed = value.parse::<u64>().map_err(|_| {
+                    format!("min_sequence must be a sequence number (0 to {}), not {value:?}", u64::MAX)
+                })?;
+                min_sequence = (parsed > 0).then_some(parsed);
+            }
+            _ => return Err(format!("unknown query parameter {pair:?}: only min_sequence=N is accepted")),
+        }
+    }
+    Ok(min_sequence)
 }
 
 /// Drops both entries for one ID (manual repair); the next lookup asks the core.

@@ -44,14 +44,30 @@ pub struct Step {
 pub fn steps(report: &Value) -> Vec<Step> {
     let checked = report["id"]["normalised"].is_string();
     let core = core_found(report);
-    vec![
+    let mut steps = vec![
         id_step(&report["id"]),
         if checked { positive_step(&report["positive_entry"]) } else { not_checked("cached merchant") },
         if checked { negative_step(&report["negative_entry"], core) } else { not_checked("cached not-found") },
         feed_step(&report["feed"]),
         if checked { core_step(&report["core"]) } else { not_checked("bank core now") },
-        reason_step(report["reason"].as_str()),
-    ]
+    ];
+    // Only when a token was asked about (`--min-sequence`): the applied sequence against it.
+    if report["token"].is_object() {
+        steps.push(token_step(&report["token"]));
+    }
+    steps.push(reason_step(report["reason"].as_str()));
+    steps
+}
+
+fn token_step(token: &Value) -> Step {
+    let what = "token";
+    let verdict = token["verdict"].as_str().unwrap_or("no verdict reported");
+    let found = format!("min_sequence {}: {verdict}", sequence(&token["min_sequence"]));
+    match token["applied"].as_bool() {
+        Some(true) => Step { mark: Mark::Ok, what, found },
+        Some(false) => Step { mark: Mark::Problem, what, found },
+        None => Step { mark: Mark::Unknown, what, found },
+    }
 }
 
 /// The whole text: one line per step, then the verdict.
@@ -257,6 +273,9 @@ fn terminal_shows(reason: Reason) -> &'static str {
         Reason::CoreUnreachable => "\"Cannot reach the bank right now. Try again in a moment.\"",
         Reason::CoreBusy => "\"The bank is busy. Try again in a moment.\"",
         Reason::StatusUnknown => "\"Merchant status cannot be verified. Contact your bank.\"",
+        Reason::SequenceAhead => {
+            "\"Merchant data is being updated. Try again in a moment; if this persists, contact your bank.\""
+        }
     }
 }
 
@@ -293,6 +312,19 @@ mod tests {
             "reason": "REASON_ID_LENGTH",
             "verdict": "format error: merchant_id has 14 characters ...; did you mean 898000000000042?"
         })
+    }
+
+    #[test]
+    fn a_token_asked_about_gets_its_own_step_before_what_the_terminal_shows() {
+        let mut report = format_error();
+        assert!(steps(&report).iter().all(|step| step.what != "token"), "no token, no step");
+        report["token"] = json!({"min_sequence": 9, "applied_sequence": 7, "core_head_sequence": 7, "applied": false,
+                                 "verdict": "applied sequence 7 is 2 changes behind the token 9: ..."});
+        let steps = steps(&report);
+        let token = &steps[steps.len() - 2];
+        assert_eq!((token.mark, token.what), (Mark::Problem, "token"));
+        assert!(token.found.starts_with("min_sequence 9: applied sequence 7"), "{}", token.found);
+        assert_eq!(steps.last().unwrap().what, "terminal shows");
     }
 
     #[test]

@@ -49,12 +49,19 @@ pub async fn connect(server: &str, tls: &ClientTls) -> Result<MerchantLookupClie
     Ok(MerchantLookupClient::new(channel))
 }
 
-/// Looks each ID up and prints one line per ID; returns how many lookups failed.
-pub async fn lookup_and_print(server: &str, tls: &ClientTls, ids: &[String]) -> Result<usize, String> {
+/// Looks each ID up and prints one line per ID; returns how many lookups failed. `min_sequence` is the
+/// consistency token sent with each lookup (0: none): the answers reflect every core change up to it.
+pub async fn lookup_and_print(
+    server: &str,
+    tls: &ClientTls,
+    ids: &[String],
+    min_sequence: u64,
+) -> Result<usize, String> {
     let mut client = connect(server, tls).await?;
     let mut failures = 0;
     for id in ids {
-        let outcome = client.lookup(LookupRequest { merchant_id: id.clone() }).await.map(|r| r.into_inner());
+        let request = LookupRequest { merchant_id: id.clone(), min_sequence };
+        let outcome = client.lookup(request).await.map(|r| r.into_inner());
         failures += usize::from(outcome.is_err());
         println!("{}", render(id, &outcome));
     }
@@ -113,15 +120,22 @@ fn path_segment(id: &str) -> String {
 /// aligned line per step (see [`crate::checklist`]), or with `json` the admin endpoint's report as one
 /// JSON document on one line, for scripts.
 /// `token_file` holds the admin bearer token, for an edge with `admin.require_token` (or reached from
-/// another machine).
-pub async fn explain_and_print(admin: &str, id: &str, json: bool, token_file: Option<&Path>) -> Result<(), String> {
+/// another machine). `min_sequence` adds a consistency token to check: the applied sequence against
+/// it, and what a lookup carrying it would get.
+pub async fn explain_and_print(
+    admin: &str,
+    id: &str,
+    json: bool,
+    token_file: Option<&Path>,
+    min_sequence: Option<u64>,
+) -> Result<(), String> {
     let token = match token_file {
         Some(path) => {
             Some(String::from_utf8(read(path)?).map_err(|_| format!("{} does not hold a text token", path.display()))?)
         }
         None => None,
     };
-    let body = fetch_explanation(admin, id, token.as_deref().map(str::trim)).await?;
+    let body = fetch_explanation(admin, id, token.as_deref().map(str::trim), min_sequence).await?;
     let explanation: serde_json::Value =
         serde_json::from_str(&body).map_err(|e| format!("unexpected answer from the admin endpoint: {e}"))?;
     if json {
@@ -133,17 +147,23 @@ pub async fn explain_and_print(admin: &str, id: &str, json: bool, token_file: Op
     Ok(())
 }
 
-/// The admin endpoint's report for `id` (`GET /debug/merchants/{id}`): a JSON document. `token` is sent
-/// as `Authorization: Bearer`.
-pub async fn fetch_explanation(admin: &str, id: &str, token: Option<&str>) -> Result<String, String> {
+/// The admin endpoint's report for `id` (`GET /debug/merchants/{id}`, with `?min_sequence=N` when a
+/// consistency token is given): a JSON document. `token` is sent as `Authorization: Bearer`.
+pub async fn fetch_explanation(
+    admin: &str,
+    id: &str,
+    token: Option<&str>,
+    min_sequence: Option<u64>,
+) -> Result<String, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let admin = admin.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(admin)
         .await
         .map_err(|e| format!("cannot reach the admin endpoint {admin}: {e}"))?;
     let authorization = token.map(|token| format!("Authorization: Bearer {token}\r\n")).unwrap_or_default();
+    let query = min_sequence.map(|sequence| format!("?min_sequence={sequence}")).unwrap_or_default();
     let request = format!(
-        "GET /debug/merchants/{} HTTP/1.1\r\nHost: {admin}\r\n{authorization}Connection: close\r\n\r\n",
+        "GET /debug/merchants/{}{query} HTTP/1.1\r\nHost: {admin}\r\n{authorization}Connection: close\r\n\r\n",
         path_segment(id)
     );
     stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;

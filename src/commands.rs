@@ -86,9 +86,20 @@ pub async fn core_sim(listen: SocketAddr, merchants: u64, history: usize) -> Res
     simulator.serve(listener, termination()).await.map_err(|e| e.to_string())
 }
 
-/// `merchant-edge lookup`: exit status 1 when any lookup failed.
-pub async fn lookup(server: &str, tls: &crate::client::ClientTls, ids: &[String]) -> ExitCode {
-    match crate::client::lookup_and_print(server, tls, ids).await {
+/// `merchant-edge relay`: relays the core's notices into JetStream until SIGINT or SIGTERM.
+pub async fn relay(config: crate::relay::RelayConfig, admin: SocketAddr) -> Result<(), String> {
+    crate::telemetry::init_logging(&Default::default());
+    let listener = TcpListener::bind(admin).await.map_err(|e| format!("cannot listen on {admin} (--admin): {e}"))?;
+    let relay = crate::relay::Relay::new(config, listener);
+    let admin = relay.admin_addr().map_err(|e| e.to_string())?;
+    println!("merchant-edge relay: admin http://{admin} (/livez, /readyz, /metrics)");
+    relay.run(termination()).await.map_err(|e| e.to_string())
+}
+
+/// `merchant-edge lookup`: exit status 1 when any lookup failed. `min_sequence` is sent with every
+/// lookup (0: no consistency token).
+pub async fn lookup(server: &str, tls: &crate::client::ClientTls, ids: &[String], min_sequence: u64) -> ExitCode {
+    match crate::client::lookup_and_print(server, tls, ids, min_sequence).await {
         Ok(0) => ExitCode::SUCCESS,
         Ok(_) => ExitCode::from(1),
         Err(message) => {

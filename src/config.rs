@@ -341,6 +341,9 @@ impl Config {
             ("feed.reconnect_initial_backoff", self.feed.reconnect_initial_backoff, up_to_an_hour),
             ("feed.reconnect_max_backoff", self.feed.reconnect_max_backoff, up_to_an_hour),
             ("feed.stall_timeout", self.feed.stall_timeout, (100 * ms, hour, "100ms and 1h")),
+            // A lookup holds its caller this long at most before the core is asked: beyond a minute a
+            // terminal has long given up.
+            ("feed.fresh_wait", self.feed.fresh_wait, (Duration::ZERO, Duration::from_secs(60), "0s and 1m")),
             ("reload.debounce", self.reload.debounce, (50 * ms, Duration::from_secs(60), "50ms and 1m")),
             (
                 "snapshot.interval",
@@ -364,6 +367,7 @@ impl Config {
                 format!("must not exceed cache.negative_ttl ({:?})", self.cache.negative_ttl),
             ));
         }
+        problems.extend(self.feed_source_problems());
         if self.upstream.endpoint == UpstreamEndpoint::Embedded && self.upstream.embedded_merchants > MAX_EMBEDDED {
             problems.push(("upstream.embedded_merchants", format!("must be at most {MAX_EMBEDDED}")));
         }
@@ -390,6 +394,38 @@ impl Config {
         }
         if let Err(message) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(("log.level", format!("is not a valid level or filter: {message}")));
+        }
+        problems
+    }
+
+    /// What `feed.source = "nats"` needs: servers, a stream and subject, and one way to log in.
+    fn feed_source_problems(&self) -> Vec<(&'static str, String)> {
+        let feed = &self.feed;
+        let mut problems = Vec::new();
+        if feed.source != crate::feed::SourceKind::Nats {
+            return problems;
+        }
+        if feed.nats_url.split(',').all(|url| url.trim().is_empty()) {
+            problems.push(("feed.nats_url", "must name a NATS server, like nats://10.0.0.7:4222".to_owned()));
+        }
+        for (key, value) in [("feed.nats_stream", &feed.nats_stream), ("feed.nats_subject", &feed.nats_subject)] {
+            if value.is_empty() || value.contains(char::is_whitespace) {
+                problems.push((key, "must be a NATS name without spaces".to_owned()));
+            }
+        }
+        if feed.nats_subject.contains(['*', '>']) {
+            problems.push(("feed.nats_subject", "must be the relay's literal subject, without wildcards".to_owned()));
+        }
+        if feed.nats_creds_file.is_some() && feed.nats_user.is_some() {
+            problems.push(("feed.nats_user", "conflicts with feed.nats_creds_file: log in one way".to_owned()));
+        }
+        if feed.nats_user.is_some() != feed.nats_password_file.is_some() {
+            let key = if feed.nats_user.is_some() { "feed.nats_user" } else { "feed.nats_password_file" };
+            problems.push((key, "feed.nats_user and feed.nats_password_file go together".to_owned()));
+        }
+        let timeout = feed.nats_request_timeout;
+        if timeout < Duration::from_millis(10) || timeout > Duration::from_secs(3600) {
+            problems.push(("feed.nats_request_timeout", "must be between 10ms and 1h".to_owned()));
         }
         problems
     }
@@ -499,6 +535,41 @@ const RESTART_ONLY: &[RestartOnly] = &[
         show: |c| c.snapshot.ready_when_core_down.to_string(),
         keep: |c, running| c.snapshot.ready_when_core_down = running.snapshot.ready_when_core_down,
     },
+    // The feed opens its notice source once; the NATS connection (servers, login, TLS) with it.
+    RestartOnly {
+        key: "feed.source",
+        show: |c| c.feed.source.as_str().to_owned(),
+        keep: |c, running| c.feed.source = running.feed.source,
+    },
+    RestartOnly {
+        key: "feed.nats_*",
+        show: |c| {
+            let feed = &c.feed;
+            let path = |p: &Option<PathBuf>| p.as_ref().map_or("-".to_owned(), |p| p.display().to_string());
+            format!(
+                "url {} stream {} subject {} creds {} user {} password file {} tls ca {} timeout {:?}",
+                feed.nats_url,
+                feed.nats_stream,
+                feed.nats_subject,
+                path(&feed.nats_creds_file),
+                feed.nats_user.as_deref().unwrap_or("-"),
+                path(&feed.nats_password_file),
+                path(&feed.nats_tls_ca),
+                feed.nats_request_timeout
+            )
+        },
+        keep: |c, running| {
+            let (feed, running) = (&mut c.feed, &running.feed);
+            feed.nats_url.clone_from(&running.nats_url);
+            feed.nats_stream.clone_from(&running.nats_stream);
+            feed.nats_subject.clone_from(&running.nats_subject);
+            feed.nats_creds_file.clone_from(&running.nats_creds_file);
+            feed.nats_user.clone_from(&running.nats_user);
+            feed.nats_password_file.clone_from(&running.nats_password_file);
+            feed.nats_tls_ca.clone_from(&running.nats_tls_ca);
+            feed.nats_request_timeout = running.nats_request_timeout;
+        },
+    },
     RestartOnly {
         key: "log.format",
         show: |c| format!("{:?}", c.log.format),
@@ -605,6 +676,52 @@ mod tests {
     fn the_example_file_parses_to_the_defaults() {
         let example = include_str!("../config/example.toml");
         assert_eq!(Config::parse(example, "example.toml").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn a_nats_source_needs_one_login_and_shows_only_file_paths() {
+        let text = "[feed]\nsource = \"nats\"\nnats_url = \"nats://10.0.0.9:4222\"\n\
+                    nats_user = \"edge\"\nnats_password_file = \"/run/secrets/nats\"\n";
+        let config = Config::parse(text, "edge.toml").unwrap();
+        assert_eq!(config.feed.source, crate::feed::SourceKind::Nats);
+        let shown = config.to_toml();
+        assert!(shown.contains("nats_password_file = \"/run/secrets/nats\""), "{shown}");
+        let both = format!("{text}nats_creds_file = \"/etc/nats.creds\"\n");
+        let err = Config::parse(&both, "edge.toml").unwrap_err().to_string();
+        assert!(err.contains("feed.nats_user: conflicts with feed.nats_creds_file"), "{err}");
+        let no_password = "[feed]\nsource = \"nats\"\nnats_user = \"edge\"\n";
+        let err = Config::parse(no_password, "edge.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("edge.toml:3: feed.nats_user: feed.nats_user and feed.nats_password_file go together"),
+            "{err}"
+        );
+        let no_url = "[feed]\nsource = \"nats\"\nnats_url = \" \"\n";
+        assert!(Config::parse(no_url, "t").unwrap_err().to_string().contains("feed.nats_url: must name"));
+        let wildcard = "[feed]\nsource = \"nats\"\nnats_subject = \"merchant.>\"\n";
+        assert!(Config::parse(wildcard, "t").unwrap_err().to_string().contains("without wildcards"));
+        let unknown = "[feed]\nsource = \"kafka\"\n";
+        assert!(Config::parse(unknown, "t").is_err());
+    }
+
+    #[test]
+    fn the_notice_source_takes_a_restart() {
+        let running = Config::default();
+        let mut wanted = Config::default();
+        wanted.feed.source = crate::feed::SourceKind::Nats;
+        wanted.feed.nats_url = "nats://10.0.0.9:4222".into();
+        let applied = wanted.clone().with_restart_only_from(&running);
+        assert_eq!(
+            (applied.feed.source, applied.feed.nats_url.as_str()),
+            (running.feed.source, "nats://127.0.0.1:4222")
+        );
+        let changed: Vec<_> = wanted
+            .restart_only()
+            .into_iter()
+            .zip(running.restart_only())
+            .filter(|(a, b)| a != b)
+            .map(|(a, _)| a.0)
+            .collect();
+        assert_eq!(changed, ["feed.source", "feed.nats_*"]);
     }
 
     #[test]

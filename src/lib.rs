@@ -5,6 +5,8 @@
 //! Two paths meet in one room:
 //! - **read**: [`lookup`] (the `MerchantLookup` gRPC service → the resolver: memory answer, else the
 //!   core through [`guard`], serve-stale, refresh-ahead) → reads the [`cache`]'s stores.
+//!   A lookup with a consistency token (`min_sequence`) the edge has not applied yet waits on the
+//!   [`feed`]'s applied sequence (`FeedState`), then asks the core through the same fill.
 //! - **write**: [`feed`] (the core's change notices: order, gaps, resyncs, warm start) → [`cache`].
 //!   Fills from the read path also write only through the [`cache`].
 //! - [`cache`]: the only writer of the answer stores. It owns the positive and negative stores, the
@@ -22,6 +24,8 @@
 //!   through the [`cache`] so a restart answers while the core is down, and the feed resumes from it;
 //!   written crash-safe every interval and at drain.
 //! - [`server`]: assembles a running edge from a config and bound listeners, and drains it.
+//! - [`relay`]: `merchant-edge relay`: follows the core's change stream into a NATS JetStream stream,
+//!   each notice once and in core order, for a fleet of edges.
 //! - [`sim`]: the bank-core simulator (`core-sim`, and the embedded default upstream).
 //! - [`client`], [`commands`]: the `lookup` and `explain` clients (the `explain` report as aligned
 //!   lines for people) and the binary's subcommands.
@@ -30,6 +34,7 @@
 mod accept;
 mod admin;
 mod admin_auth;
+mod backoff;
 pub mod cache;
 mod checklist;
 pub mod client;
@@ -45,6 +50,7 @@ mod metric_labels;
 pub mod metrics;
 pub mod pb;
 mod readiness;
+pub mod relay;
 mod reload;
 pub mod server;
 pub mod sim;

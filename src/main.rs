@@ -52,6 +52,10 @@ enum Command {
         /// Client private key (PEM) for --cert.
         #[arg(long, value_name = "FILE", requires = "cert")]
         key: Option<PathBuf>,
+        /// Consistency token: answers must reflect every core change up to this sequence (what
+        /// onboarding returned, or the highest `as of sequence` seen). 0: none.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        min_sequence: u64,
     },
     /// Explain why an ID is (not) found: the checklist and a verdict, from a running edge's admin endpoint.
     Explain {
@@ -65,6 +69,10 @@ enum Command {
         /// File holding the admin bearer token (for an edge with admin.require_token, or a remote one).
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
+        /// Also check a consistency token: the edge's applied sequence against it, and what a lookup
+        /// carrying it would get.
+        #[arg(long, value_name = "N")]
+        min_sequence: Option<u64>,
     },
     /// Validate a config file and print its effective values.
     CheckConfig { file: PathBuf },
@@ -72,6 +80,36 @@ enum Command {
     Snapshot {
         #[command(subcommand)]
         command: SnapshotCommand,
+    },
+    /// Follow the core's change notices and append each, once and in order, to a NATS JetStream stream.
+    Relay {
+        /// The bank core's MerchantCore address, e.g. http://10.0.0.5:50052.
+        #[arg(long, value_name = "URL")]
+        core: String,
+        /// The NATS server(s), e.g. nats://127.0.0.1:4222 (comma-separated for several).
+        #[arg(long, value_name = "URL")]
+        nats: String,
+        /// JetStream stream (created with the documented limits if missing).
+        #[arg(long, default_value = merchant_edge::relay::DEFAULT_STREAM)]
+        stream: String,
+        /// Subject the notices are published on.
+        #[arg(long, default_value = merchant_edge::relay::DEFAULT_SUBJECT)]
+        subject: String,
+        /// Admin HTTP address: /livez, /readyz, /metrics.
+        #[arg(long, default_value = merchant_edge::relay::DEFAULT_ADMIN)]
+        admin: SocketAddr,
+        /// NATS credentials file (user JWT and NKey seed).
+        #[arg(long, value_name = "FILE", conflicts_with = "nats_user")]
+        nats_creds: Option<PathBuf>,
+        /// NATS user; the password is read from --nats-password-file.
+        #[arg(long, value_name = "USER", requires = "nats_password_file")]
+        nats_user: Option<String>,
+        /// File holding the NATS password (never printed).
+        #[arg(long, value_name = "FILE", requires = "nats_user")]
+        nats_password_file: Option<PathBuf>,
+        /// PEM CA to trust for a NATS server over TLS.
+        #[arg(long, value_name = "FILE")]
+        nats_tls_ca: Option<PathBuf>,
     },
 }
 
@@ -97,14 +135,34 @@ fn main() -> ExitCode {
             Command::CoreSim { listen, merchants, history } => {
                 commands::core_sim(listen, merchants, history).await.map(|()| ExitCode::SUCCESS)
             }
-            Command::Lookup { ids, server, ca, cert, key } => {
+            Command::Lookup { ids, server, ca, cert, key, min_sequence } => {
                 let tls = merchant_edge::client::ClientTls { ca, identity: cert.zip(key) };
-                Ok(commands::lookup(&server, &tls, &ids).await)
+                Ok(commands::lookup(&server, &tls, &ids, min_sequence).await)
             }
-            Command::Explain { id, admin, json, token_file } => {
-                merchant_edge::client::explain_and_print(&admin, &id, json, token_file.as_deref())
+            Command::Explain { id, admin, json, token_file, min_sequence } => {
+                merchant_edge::client::explain_and_print(&admin, &id, json, token_file.as_deref(), min_sequence)
                     .await
                     .map(|()| ExitCode::SUCCESS)
+            }
+            Command::Relay {
+                core,
+                nats,
+                stream,
+                subject,
+                admin,
+                nats_creds,
+                nats_user,
+                nats_password_file,
+                nats_tls_ca,
+            } => {
+                let auth = merchant_edge::relay::nats_auth(nats_creds, nats_user, nats_password_file)
+                    .map_err(|e| e.to_string())?;
+                let mut config = merchant_edge::relay::RelayConfig::new(core, nats);
+                config.nats.auth = auth;
+                config.nats.tls_ca = nats_tls_ca;
+                config.nats.stream = stream;
+                config.nats.subject = subject;
+                commands::relay(config, admin).await.map(|()| ExitCode::SUCCESS)
             }
             Command::CheckConfig { .. } | Command::Snapshot { .. } => {
                 unreachable!("handled before the runtime starts")

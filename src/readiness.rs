@@ -8,6 +8,12 @@ use crate::wire::merchant_lookup_server::SERVICE_NAME as LOOKUP_SERVICE;
 /// The gRPC health-check name under which the change feed's state is reported.
 pub const FEED_HEALTH_SERVICE: &str = "merchant.v1.ChangeFeed";
 
+/// The feed's state is reported under `merchant.v1.ChangeFeed.<source>` too (`.core`, `.nats`), so a
+/// probe can tell which source an edge follows; the other source's name answers NOT_FOUND.
+fn feed_source_service(source: &str) -> String {
+    format!("{FEED_HEALTH_SERVICE}.{source}")
+}
+
 #[derive(Clone)]
 /// Whether the edge takes traffic, for `/readyz` and gRPC health alike.
 pub struct Readiness {
@@ -19,6 +25,8 @@ pub struct Readiness {
     /// restored a local snapshot serves only what the snapshot held).
     feed_followed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     health: HealthReporter,
+    /// Where the feed reads notices from, once the feed says.
+    feed_source: std::sync::Arc<std::sync::OnceLock<&'static str>>,
 }
 
 impl Readiness {
@@ -29,6 +37,7 @@ impl Readiness {
             draining: watch::Sender::new(false),
             feed_followed: Default::default(),
             health,
+            feed_source: Default::default(),
         }
     }
 
@@ -63,6 +72,11 @@ impl Readiness {
         async move { ready.wait_for(|ready| *ready).await.is_ok() }
     }
 
+    /// Names the feed's notice source (once; the source takes a restart to change).
+    pub fn set_feed_source(&self, source: &'static str) {
+        let _ = self.feed_source.set(source);
+    }
+
     /// Reports the change feed as its own health-check service, so probes can tell "serving, but the
     /// feed is down" from "not serving".
     pub async fn set_feed(&self, connected: bool) {
@@ -74,6 +88,9 @@ impl Readiness {
         }
         let status = if connected { ServingStatus::Serving } else { ServingStatus::NotServing };
         self.health.set_service_status(FEED_HEALTH_SERVICE, status).await;
+        if let Some(source) = self.feed_source.get() {
+            self.health.set_service_status(feed_source_service(source), status).await;
+        }
     }
 
     /// Becomes ready (unless draining) or not ready.
@@ -94,10 +111,12 @@ impl Readiness {
         self.draining.send_replace(true);
         self.ready.send_replace(false);
         let mut health = self.health.clone();
-        for service in ["", LOOKUP_SERVICE, FEED_HEALTH_SERVICE] {
+        let mut services = vec!["".to_owned(), LOOKUP_SERVICE.to_owned(), FEED_HEALTH_SERVICE.to_owned()];
+        services.extend(self.feed_source.get().map(|source| feed_source_service(source)));
+        for service in &services {
             health.set_service_status(service, ServingStatus::NotServing).await;
         }
-        for service in ["", LOOKUP_SERVICE, FEED_HEALTH_SERVICE] {
+        for service in &services {
             health.clear_service_status(service).await;
         }
     }

@@ -61,6 +61,9 @@ pub enum ServeError {
     #[error("admin endpoint failed: {0}")]
     /// The admin endpoint failed.
     Admin(std::io::Error),
+    #[error(transparent)]
+    /// The change feed's notice source cannot be used.
+    FeedSource(#[from] crate::feed::NatsSourceError),
     #[error("server task failed: {0}")]
     /// A server task panicked or was cancelled.
     Task(#[from] tokio::task::JoinError),
@@ -192,8 +195,10 @@ impl Edge {
             }
             Ok(())
         });
+        let source = crate::feed::source_for(&config.feed, core.grpc()).await?;
         let mut change_feed = ChangeFeed::new(FeedParts {
             core: core.grpc(),
+            source,
             cache: cache.clone(),
             state: feed.clone(),
             readiness: readiness.clone(),

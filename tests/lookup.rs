@@ -93,7 +93,7 @@ async fn batch_lookup_answers_each_id_in_request_order() {
 
     let spelled_full_width = format!(" {}", full_width(KNOWN));
     let ids = ["898000000000007", UNKNOWN, "12345", "898000000000097", &spelled_full_width, "898000000000007"];
-    let request = BatchLookupRequest { merchant_ids: ids.iter().map(|s| s.to_string()).collect() };
+    let request = BatchLookupRequest { merchant_ids: ids.iter().map(|s| s.to_string()).collect(), min_sequence: 0 };
     let results = client.batch_lookup(request).await.unwrap().into_inner().results;
     assert_eq!(results.len(), ids.len());
     for (result, id) in results.iter().zip(ids) {
@@ -113,7 +113,7 @@ async fn batch_lookup_answers_each_id_in_request_order() {
     assert_eq!(results[3].merchant.as_ref().unwrap().status, MerchantStatus::PendingReview as i32);
     assert_eq!(results[4].merchant.as_ref().unwrap().merchant_id, KNOWN, "normalised in a batch too");
 
-    let too_many = BatchLookupRequest { merchant_ids: vec![KNOWN.to_string(); 7] };
+    let too_many = BatchLookupRequest { merchant_ids: vec![KNOWN.to_string(); 7], min_sequence: 0 };
     let status = client.batch_lookup(too_many).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("at most 6"), "{}", status.message());
@@ -265,7 +265,7 @@ async fn the_embedded_default_serves_on_its_own() {
 #[tokio::test]
 async fn the_request_field_is_a_plain_string() {
     // Guards the wire contract that ghz configs and terminals rely on.
-    let request = LookupRequest { merchant_id: KNOWN.into() };
+    let request = LookupRequest { merchant_id: KNOWN.into(), min_sequence: 0 };
     assert_eq!(prost::Message::encode_to_vec(&request), [&[0x0a, 15][..], KNOWN.as_bytes()].concat());
 }
 
@@ -276,7 +276,7 @@ async fn open_stream(
 ) -> (tokio::sync::mpsc::Sender<LookupRequest>, tonic::Streaming<merchant_edge::pb::BatchLookupResult>) {
     let (requests, receiver) = tokio::sync::mpsc::channel(16);
     for id in ids {
-        requests.send(LookupRequest { merchant_id: id.into() }).await.unwrap();
+        requests.send(LookupRequest { merchant_id: id.into(), min_sequence: 0 }).await.unwrap();
     }
     let outbound = tokio_stream::wrappers::ReceiverStream::new(receiver);
     let results = client(edge).await.stream_lookup(outbound).await.unwrap().into_inner();
@@ -313,7 +313,7 @@ async fn a_lookup_waiting_for_the_core_does_not_hold_up_the_stream() {
     let (requests, mut results) = open_stream(&edge, vec!["898000000000043", KNOWN]).await;
     let first = results.message().await.unwrap().unwrap();
     assert_eq!(first.requested_merchant_id, KNOWN, "answered from memory while the core holds the other");
-    requests.send(LookupRequest { merchant_id: KNOWN.into() }).await.unwrap();
+    requests.send(LookupRequest { merchant_id: KNOWN.into(), min_sequence: 0 }).await.unwrap();
     assert_eq!(results.message().await.unwrap().unwrap().requested_merchant_id, KNOWN);
     core.set_faults(SetFaultsRequest::default()).await;
     let late = results.message().await.unwrap().unwrap();

@@ -34,7 +34,7 @@ async fn edge_from_file(path: &Path) -> RunningEdge {
 }
 
 async fn batch_of(client: &mut MerchantLookupClient<Channel>, n: usize) -> Result<usize, tonic::Status> {
-    let request = BatchLookupRequest { merchant_ids: vec![KNOWN.to_string(); n] };
+    let request = BatchLookupRequest { merchant_ids: vec![KNOWN.to_string(); n], min_sequence: 0 };
     client.batch_lookup(request).await.map(|r| r.into_inner().results.len())
 }
 
@@ -212,6 +212,8 @@ const DOCUMENTED: &[&str] = &[
     "merchant_edge_cache_evictions_total",
     "merchant_edge_coalesced_waits_total",
     "merchant_edge_fills_fenced_total",
+    "merchant_edge_token_lookups_total",
+    "merchant_edge_token_wait_seconds",
     "merchant_edge_core_calls_total",
     "merchant_edge_core_call_duration_seconds",
     "merchant_edge_feed_connected",
@@ -225,6 +227,7 @@ const DOCUMENTED: &[&str] = &[
     "merchant_edge_feed_reconnects_total",
     "merchant_edge_feed_resyncs_total",
     "merchant_edge_feed_commit_to_apply_seconds",
+    "merchant_edge_feed_source_info",
     "merchant_edge_snapshot_last_write_success_timestamp_seconds",
     "merchant_edge_snapshot_write_duration_seconds",
     "merchant_edge_snapshot_bytes",
@@ -341,7 +344,10 @@ async fn tls_client(
 
 async fn tls_lookup(edge: &RunningEdge, ca_pem: &str, identity: Option<(&Path, &Path)>) -> Result<bool, String> {
     let mut client = tls_client(edge, ca_pem, identity).await.map_err(|e| format!("{e:?}"))?;
-    let response = client.lookup(LookupRequest { merchant_id: KNOWN.into() }).await.map_err(|e| format!("{e:?}"))?;
+    let response = client
+        .lookup(LookupRequest { merchant_id: KNOWN.into(), min_sequence: 0 })
+        .await
+        .map_err(|e| format!("{e:?}"))?;
     Ok(response.into_inner().found)
 }
 
@@ -357,7 +363,7 @@ async fn tls_serves_terminals_and_plaintext_is_refused() {
     let plaintext = MerchantLookupClient::connect(format!("http://{}", edge.grpc_addr)).await;
     let refused = match plaintext {
         Err(_) => true,
-        Ok(mut client) => client.lookup(LookupRequest { merchant_id: KNOWN.into() }).await.is_err(),
+        Ok(mut client) => client.lookup(LookupRequest { merchant_id: KNOWN.into(), min_sequence: 0 }).await.is_err(),
     };
     assert!(refused, "a plaintext client must not get an answer from a TLS listener");
 }

@@ -151,7 +151,7 @@ async fn the_callers_deadline_ends_the_core_call_and_no_retry_follows() {
     let edge = start_following_edge(config).await;
     let mut client = client(&edge).await;
     core.set_faults(SetFaultsRequest { hang: true, ..Default::default() }).await;
-    let mut request = tonic::Request::new(LookupRequest { merchant_id: UNKNOWN.into() });
+    let mut request = tonic::Request::new(LookupRequest { merchant_id: UNKNOWN.into(), min_sequence: 0 });
     // The header alone (Request::set_timeout would also start a client-side timer that races the
     // server's answer).
     request.metadata_mut().insert("grpc-timeout", "300m".parse().unwrap());
@@ -172,7 +172,7 @@ async fn a_lookup_sharing_a_core_call_is_not_cut_short_by_the_other_callers_dead
     let edge = start_following_edge(protected(&core, |_| {})).await;
     core.set_faults(SetFaultsRequest { hang: true, ..Default::default() }).await;
     let mut impatient = client(&edge).await;
-    let mut request = tonic::Request::new(LookupRequest { merchant_id: KNOWN.into() });
+    let mut request = tonic::Request::new(LookupRequest { merchant_id: KNOWN.into(), min_sequence: 0 });
     request.metadata_mut().insert("grpc-timeout", "500m".parse().unwrap());
     let first = tokio::spawn(async move { impatient.lookup(request).await });
     wait_until("the core holds the first call", || async { core.stats().await.get_merchant_calls == 1 }).await;
@@ -197,7 +197,7 @@ async fn one_client_over_its_limit_does_not_take_the_core_budget_from_others() {
     let mut client = client(&edge).await;
     lookup(&mut client, KNOWN).await.unwrap();
     let from = |gateway: &str, id: &str| {
-        let mut request = tonic::Request::new(LookupRequest { merchant_id: id.into() });
+        let mut request = tonic::Request::new(LookupRequest { merchant_id: id.into(), min_sequence: 0 });
         request.metadata_mut().insert("x-gateway-id", gateway.parse().unwrap());
         request
     };

@@ -116,7 +116,7 @@ async fn lookup(
     id: String,
     timeout: Duration,
 ) -> Result<(), tonic::Status> {
-    match tokio::time::timeout(timeout, client.lookup(LookupRequest { merchant_id: id })).await {
+    match tokio::time::timeout(timeout, client.lookup(LookupRequest { merchant_id: id, min_sequence: 0 })).await {
         Ok(answer) => answer.map(drop),
         Err(_) => Err(tonic::Status::deadline_exceeded(format!("no answer within {timeout:?}"))),
     }
@@ -184,7 +184,7 @@ async fn churn(
         tokio::time::sleep_until(next).await;
         next += period;
         let merchant_id = format!("896{:06}{:06}", run % 1_000_000, seen.onboarded);
-        let planted = edge.lookup(LookupRequest { merchant_id: merchant_id.clone() }).await;
+        let planted = edge.lookup(LookupRequest { merchant_id: merchant_id.clone(), min_sequence: 0 }).await;
         if !planted.is_ok_and(|answer| !answer.into_inner().found) {
             seen.failures += 1;
             continue;
@@ -202,7 +202,10 @@ async fn churn(
         seen.onboarded += 1;
         loop {
             let applied = applied_sequence(&admin).await;
-            let answer = tokio::time::timeout(timeout, edge.lookup(LookupRequest { merchant_id: merchant_id.clone() }));
+            let answer = tokio::time::timeout(
+                timeout,
+                edge.lookup(LookupRequest { merchant_id: merchant_id.clone(), min_sequence: 0 }),
+            );
             let Ok(Ok(answer)) = answer.await else {
                 seen.failures += 1;
                 break;

@@ -101,6 +101,9 @@ pub struct Fill {
     outcome: watch::Sender<Option<FillOutcome>>,
     /// The edge's applied notice sequence when the fill began.
     pub started_after_sequence: u64,
+    /// When the fill began: its core read happens later, so it reflects every change committed before
+    /// (a consistency token issued before this instant must be met by its answer).
+    pub started_at: tokio::time::Instant,
     /// The resync epoch the fill began in.
     epoch: u64,
     /// Lookups waiting for the outcome now; when none are left, the core call is not worth finishing.
@@ -180,6 +183,7 @@ impl Fills {
             Arc::new(Fill {
                 outcome: watch::Sender::new(None),
                 started_after_sequence: applied_sequence,
+                started_at: tokio::time::Instant::now(),
                 epoch: *self.epoch.read(),
                 waiting: watch::Sender::new(0),
             })

@@ -1,7 +1,8 @@
 //! "Why was this merchant not found?": walks the field guide's checklist for one ID — the ID and its
 //! rule (with typo suggestions), what the stores hold, the change feed, the core asked now — and ends
-//! with a verdict in plain words. Served as JSON on the admin endpoint (`GET /debug/merchants/{id}`)
-//! and printed by `merchant-edge explain`.
+//! with a verdict in plain words; given a consistency token, also the applied sequence against it and
+//! what a lookup carrying it would get. Served as JSON on the admin endpoint (`GET
+//! /debug/merchants/{id}[?min_sequence=N]`) and printed by `merchant-edge explain [--min-sequence N]`.
 pub mod typo;
 
 use std::time::Duration;
@@ -13,7 +14,7 @@ use crate::cache::{Filled, Origin};
 use crate::config::Config;
 use crate::feed::FeedState;
 use crate::lookup::outcome::{answer_reason, classify};
-use crate::lookup::{after_core, remembered, stale_merchant, LookupError, Resolver};
+use crate::lookup::{after_core, remembered, stale_merchant, LookupError, NotFreshCause, Resolver};
 use crate::merchant_id::IdRule;
 use crate::pb::MerchantStatus;
 use crate::upstream::CoreAnswer;
@@ -26,7 +27,10 @@ pub struct Explanation {
     pub negative_entry: Option<NegativeView>,
     pub feed: FeedView,
     pub core: CoreView,
-    /// The `merchant.v1.Reason` a terminal looking the ID up now would get.
+    /// The consistency token asked about (`?min_sequence=N`), if any.
+    pub token: Option<TokenView>,
+    /// The `merchant.v1.Reason` a terminal looking the ID up now would get (carrying the token, if one
+    /// was given).
     pub reason: String,
     pub verdict: String,
 }
@@ -76,6 +80,18 @@ pub struct FeedView {
     pub last_resync: Option<String>,
 }
 
+/// A consistency token against what the edge holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenView {
+    pub min_sequence: u64,
+    pub applied_sequence: u64,
+    pub core_head_sequence: u64,
+    /// Whether the edge has applied the token (then lookups carrying it are answered as any other).
+    pub applied: bool,
+    /// What a lookup carrying the token gets, in words.
+    pub verdict: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct CoreView {
     pub found: Option<bool>,
@@ -100,8 +116,15 @@ fn status_name(status: i32) -> String {
 }
 
 /// Walks the checklist for `raw_id` under `config` (asking the core once, bypassing the stores and
-/// core protection: an operator's question, not a terminal's).
-pub async fn explain(config: &Config, resolver: &Resolver, feed: &FeedState, raw_id: &str) -> Explanation {
+/// core protection: an operator's question, not a terminal's), for a lookup carrying `min_sequence`
+/// when given.
+pub async fn explain(
+    config: &Config,
+    resolver: &Resolver,
+    feed: &FeedState,
+    raw_id: &str,
+    min_sequence: Option<u64>,
+) -> Explanation {
     let rule = &config.merchant_id;
     let stores = resolver.cache().stores();
     let started = std::time::Instant::now();
@@ -147,6 +170,7 @@ pub async fn explain(config: &Config, resolver: &Resolver, feed: &FeedState, raw
             negative_entry: None,
             feed: feed_view,
             core,
+            token: None,
             reason: reason.as_str_name().into(),
             verdict,
         };
@@ -198,9 +222,36 @@ pub async fn explain(config: &Config, resolver: &Resolver, feed: &FeedState, raw
     };
     // What a lookup now would answer, by the lookup path's own decisions without making one (no
     // metrics, no fill).
-    let reason = match remembered(&stores, config, feed, &normalised, now) {
-        Some(held) => answer_reason(&held.into_answer(now)),
-        None => {
+    let applied = feed.applied();
+    let behind_token = min_sequence.filter(|token| applied < *token);
+    let held = remembered(&stores, config, feed, &normalised, now)
+        .filter(|held| behind_token.is_none_or(|token| held.as_of_sequence() >= token));
+    let reason = match (held, behind_token) {
+        (Some(held), _) => answer_reason(&held.into_answer(now)),
+        // Behind the token: only the core's answer can do, and only if it is that fresh. This read
+        // began after the question did, so an older answer means the token is ahead of the core.
+        (None, Some(token)) => match &answer {
+            Ok(found) if found.as_of_sequence >= token => {
+                let filled = Filled {
+                    merchant: found.merchant.as_ref().map(EncodedMerchant::encode),
+                    as_of_sequence: found.as_of_sequence,
+                };
+                match after_core(Ok(filled), || None, now) {
+                    Ok(answer) => answer_reason(&answer),
+                    Err(error) => classify(&error).1,
+                }
+            }
+            Ok(found) if feed.head() >= token => {
+                let why = NotFreshCause::CoreBehind { answered: found.as_of_sequence };
+                classify(&LookupError::NotFresh { asked: token, held: applied, why }).1
+            }
+            Ok(found) => classify(&LookupError::SequenceAhead { asked: token, core: found.as_of_sequence }).1,
+            Err(error) => {
+                let why = NotFreshCause::Core(error.clone().into());
+                classify(&LookupError::NotFresh { asked: token, held: applied, why }).1
+            }
+        },
+        (None, None) => {
             let outcome = answer
                 .as_ref()
                 .map(|found| Filled {
@@ -214,6 +265,7 @@ pub async fn explain(config: &Config, resolver: &Resolver, feed: &FeedState, raw
             }
         }
     };
+    let token = min_sequence.map(|token| token_view(token, applied, feed.head(), &core, config.feed.fresh_wait));
     let stale_window = config.cache.serve_stale_for;
     let verdict =
         verdict(&id, positive.as_ref(), negative.as_ref(), &feed_view, &core, Some((&normalised, stale_window)));
@@ -223,7 +275,45 @@ pub async fn explain(config: &Config, resolver: &Resolver, feed: &FeedState, raw
         negative_entry: negative,
         feed: feed_view,
         core,
+        token,
         reason: reason.as_str_name().into(),
+        verdict,
+    }
+}
+
+/// The token `min_sequence` against the applied sequence and the core's answer now.
+fn token_view(min_sequence: u64, applied: u64, head: u64, core: &CoreView, fresh_wait: Duration) -> TokenView {
+    let verdict = if applied >= min_sequence {
+        format!("applied sequence {applied} is at or past the token: lookups carrying it are answered as any other")
+    } else {
+        let behind = format!(
+            "applied sequence {applied} is {} behind the token {min_sequence}",
+            crate::text::count(min_sequence - applied, "change", "changes")
+        );
+        match (core.as_of_sequence, &core.error) {
+            (Some(core_at), _) if core_at >= min_sequence => format!(
+                "{behind}: a lookup carrying it waits up to {fresh_wait:?} for the feed, then asks the core (at sequence \
+                 {core_at} now)"
+            ),
+            (Some(core_at), _) if head < min_sequence => format!(
+                "the token {min_sequence} is ahead of the bank core (at sequence {core_at} now): lookups carrying it get \
+                 FAILED_PRECONDITION (REASON_SEQUENCE_AHEAD); the token comes from another core history or is wrong"
+            ),
+            (Some(core_at), _) => format!(
+                "{behind}, and the core answers only as of sequence {core_at}: lookups carrying it get UNAVAILABLE until \
+                 the feed applies it"
+            ),
+            (None, error) => format!(
+                "{behind}, and the core cannot answer ({}): lookups carrying it get UNAVAILABLE until the feed applies it",
+                error.as_deref().unwrap_or("not asked")
+            ),
+        }
+    };
+    TokenView {
+        min_sequence,
+        applied_sequence: applied,
+        core_head_sequence: head,
+        applied: applied >= min_sequence,
         verdict,
     }
 }
@@ -240,7 +330,11 @@ fn feed_state(feed: &FeedView) -> String {
     if !feed.connected {
         format!("the feed has been down for {:.0} s", feed.lag_seconds.floor())
     } else if feed.lag_notices > 0 {
-        format!("the feed is {} notices ({:.1} s) behind", feed.lag_notices, feed.lag_seconds)
+        format!(
+            "the feed is {} ({:.1} s) behind",
+            crate::text::count(feed.lag_notices, "notice", "notices"),
+            feed.lag_seconds
+        )
     } else {
         "the feed is connected and caught up".into()
     }

@@ -30,6 +30,11 @@ struct ResyncLabels {
     reason: ResyncReason,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SourceLabels {
+    source: &'static str,
+}
+
 /// The change feed's counters (cloning shares them).
 #[derive(Clone)]
 pub struct FeedMetrics {
@@ -49,6 +54,7 @@ pub struct FeedMetrics {
     core_head_sequence: Gauge,
     lag_notices: Gauge,
     lag_seconds: Gauge<f64, AtomicU64>,
+    source_info: Family<SourceLabels, Gauge>,
 }
 
 impl FeedMetrics {
@@ -66,6 +72,7 @@ impl FeedMetrics {
             core_head_sequence: Gauge::default(),
             lag_notices: Gauge::default(),
             lag_seconds: Gauge::default(),
+            source_info: Family::default(),
         };
         for &reason in ResyncReason::ALL {
             drop(feed.resyncs.get_or_create(&ResyncLabels { reason }));
@@ -108,7 +115,18 @@ impl FeedMetrics {
             Unit::Seconds,
             feed.lag_seconds.clone(),
         );
+        registry.register(
+            "source_info",
+            "1, labelled with where the change notices come from (core: its WatchChanges; nats: the relays' stream)",
+            feed.source_info.clone(),
+        );
         feed
+    }
+
+    /// Says where the notices come from (`merchant_edge_feed_source_info{source}`).
+    pub fn set_source(&self, source: &'static str) {
+        self.source_info.clear();
+        self.source_info.get_or_create(&SourceLabels { source }).set(1);
     }
 
     /// Counts one resync.

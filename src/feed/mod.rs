@@ -1,5 +1,9 @@
-//! The change feed: follows the core's `WatchChanges` stream so that every change reaches the stores
-//! within milliseconds, and recovers from every way the stream can go wrong.
+//! The change feed: follows the core's change notices so that every change reaches the stores within
+//! milliseconds, and recovers from every way the stream can go wrong.
+//!
+//! The notices come from a [`NoticeSource`]: the core's own `WatchChanges` ([`CoreSource`], the
+//! default) or the relays' NATS JetStream stream ([`NatsSource`], `feed.source = "nats"`). The rules
+//! below are the feed's, whatever the source; snapshots are always read from the core.
 //!
 //! - Notices are applied in sequence order; a repeat (sequence already applied) is dropped.
 //! - A gap, a stream error or end, or a stall (reads show the core ahead for `stall_timeout` while
@@ -10,32 +14,38 @@
 //!   `ListMerchants` snapshot, and the stream resumes from the snapshot's sequence.
 //! - Warm start loads the whole snapshot before the edge reports ready; cold start only learns the
 //!   core's head and incarnation.
-mod backoff;
 mod config;
 mod metrics;
 pub mod notice;
+mod source;
+mod source_core;
+mod source_nats;
 mod state;
 
 use std::time::{Duration, SystemTime};
 
+use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::Status;
 use tracing::Instrument;
 
 use std::sync::Arc;
 
-pub use self::config::FeedConfig;
+pub use self::config::{FeedConfig, SourceKind};
 pub use self::metrics::{FeedMetrics, ResyncReason};
+pub use self::source::{Items, NoticeSource, SourceEnd, SourceItem};
+pub use self::source_core::CoreSource;
+pub use self::source_nats::{NatsSource, NatsSourceError};
 pub use self::state::{FeedState, Lag};
+use crate::backoff::Backoff;
 use crate::cache::Cache;
 use crate::live::Live;
 use crate::pb::merchant_core_client::MerchantCoreClient;
-use crate::pb::{ChangeNotice, ListMerchantsRequest, ListMerchantsResponse, WatchChangesRequest};
+use crate::pb::{ChangeNotice, ListMerchantsRequest, ListMerchantsResponse};
 use crate::readiness::Readiness;
-use crate::upstream::{describe_status, INCARNATION_HEADER};
-use backoff::Backoff;
+use crate::upstream::describe_status;
 
 /// Aborts a helper task when the sync that started it ends early (an error, or being cancelled).
 struct AbortOnDrop(tokio::task::AbortHandle);
@@ -78,17 +88,27 @@ enum Sync {
     Resync(ResyncReason),
 }
 
-/// Why a stream ended.
-enum StreamEnd {
-    Reconnect(String),
-    Resync(ResyncReason),
+/// Why a stream ended (the sources' own vocabulary).
+type StreamEnd = SourceEnd;
+
+/// The source `settings` name: the core's watch, or a connection to NATS (made in the background).
+pub async fn source_for(
+    settings: &FeedConfig,
+    core: MerchantCoreClient<Channel>,
+) -> Result<Box<dyn NoticeSource>, NatsSourceError> {
+    Ok(match settings.source {
+        SourceKind::Core => Box::new(CoreSource::new(core)),
+        SourceKind::Nats => Box::new(NatsSource::connect(settings).await?),
+    })
 }
 
 /// What the feed works with: the cache it writes, the state it keeps for the lookup path, the
 /// readiness it reports, its live settings and its metrics.
 pub struct FeedParts {
-    /// The core whose change stream and snapshots are read.
+    /// The core whose snapshots are read (warm start, resyncs).
     pub core: MerchantCoreClient<Channel>,
+    /// Where the notices come from (see [`source_for`]).
+    pub source: Box<dyn NoticeSource>,
     /// Where changes are applied.
     pub cache: Arc<Cache>,
     /// What the lookup path reads about the feed.
@@ -111,9 +131,10 @@ pub struct Position {
     pub incarnation: String,
 }
 
-/// Follows the core's change stream into the cache.
+/// Follows a notice source into the cache (snapshots from the core).
 pub struct ChangeFeed {
     core: MerchantCoreClient<Channel>,
+    source: Box<dyn NoticeSource>,
     cache: Arc<Cache>,
     state: Arc<FeedState>,
     readiness: Readiness,
@@ -136,9 +157,12 @@ const GAPS_BEFORE_RESYNC: u32 = 3;
 impl ChangeFeed {
     /// A feed that has not synced yet.
     pub fn new(parts: FeedParts) -> Self {
-        let FeedParts { core, cache, state, readiness, settings, metrics } = parts;
+        let FeedParts { core, source, cache, state, readiness, settings, metrics } = parts;
+        metrics.set_source(source.kind());
+        readiness.set_feed_source(source.kind());
         Self {
             core,
+            source,
             cache,
             state,
             readiness,
@@ -150,7 +174,6 @@ impl ChangeFeed {
             ready_when_following: false,
         }
     }
-
     /// Resumes the stream from `position` (the stores were restored to it) instead of syncing first:
     /// with the core's history still there, only the missed notices are read; "too old" or another
     /// incarnation resyncs as usual. `report_ready` makes the edge ready once the stream is open (an
@@ -284,23 +307,17 @@ impl ChangeFeed {
     /// Reads one stream until it ends; returns why, and whether it applied anything.
     async fn follow_stream(&mut self) -> (StreamEnd, bool) {
         let after = self.state.applied();
-        let response = match self.core.watch_changes(WatchChangesRequest { after_sequence: after }).await {
-            Ok(response) => response,
-            Err(status) => return (self.stream_error(&status), false),
+        let source = self.source.kind();
+        let mut items = match self.source.open(after, self.incarnation.as_deref()).await {
+            Ok(items) => items,
+            Err(end) => return (end, false),
         };
-        let announced = response.metadata().get(INCARNATION_HEADER).and_then(|value| value.to_str().ok());
-        if let (Some(announced), Some(known)) = (announced, &self.incarnation) {
-            if announced != known {
-                return (StreamEnd::Resync(ResyncReason::CoreRestarted), false);
-            }
-        }
-        let mut stream = response.into_inner();
         self.state.mark_connected();
         self.readiness.set_feed(true).await;
         if std::mem::take(&mut self.ready_when_following) {
             self.readiness.set(true).await;
         }
-        tracing::info!(after, "feed: following changes");
+        tracing::info!(after, source, "feed: following changes");
         let mut applied_any = false;
         let mut last_progress = Instant::now();
         let patience = self.settings().stall_timeout;
@@ -308,9 +325,9 @@ impl ChangeFeed {
         let mut stall_check = tokio::time::interval_at(last_progress + check_every, check_every);
         loop {
             tokio::select! {
-                message = stream.message() => {
-                    let end = match message {
-                        Ok(Some(notice)) => match self.apply(&notice).await {
+                item = items.next() => {
+                    let end = match item {
+                        Some(SourceItem::Notice(notice)) => match self.apply(&notice).await {
                             Ok(applied) => {
                                 if applied {
                                     applied_any = true;
@@ -320,8 +337,21 @@ impl ChangeFeed {
                             }
                             Err(end) => end,
                         },
-                        Ok(None) => StreamEnd::Reconnect("the core closed the stream".into()),
-                        Err(status) => self.stream_error(&status),
+                        Some(SourceItem::Resync { reason, continues_from }) => {
+                            if self.already_past(continues_from.as_ref()) {
+                                tracing::debug!(?reason, ?continues_from, "feed: the stores are already past this break");
+                                continue;
+                            }
+                            StreamEnd::Resync(reason)
+                        }
+                        Some(SourceItem::Head { incarnation, sequence }) => {
+                            if self.incarnation.as_ref() == Some(&incarnation) {
+                                self.state.observe_head(sequence);
+                            }
+                            continue;
+                        }
+                        Some(SourceItem::Failed(why)) => StreamEnd::Reconnect(why),
+                        None => StreamEnd::Reconnect(format!("the {source} stream ended")),
                     };
                     return (end, applied_any);
                 }
@@ -329,19 +359,19 @@ impl ChangeFeed {
                     let now = Instant::now();
                     if self.state.behind_for(patience, now) && now.duration_since(last_progress) >= patience {
                         let lag = self.state.lag(Instant::now());
-                        return (StreamEnd::Reconnect(format!("stalled: {} notices behind for {:?}", lag.notices, lag.duration)), applied_any);
+                        return (StreamEnd::Reconnect(format!("stalled: {} behind for {:?}", crate::text::count(lag.notices, "notice", "notices"), lag.duration)), applied_any);
                     }
                 }
             }
         }
     }
 
-    fn stream_error(&self, status: &Status) -> StreamEnd {
-        if status.code() == Code::OutOfRange {
-            StreamEnd::Resync(ResyncReason::TooOld)
-        } else {
-            StreamEnd::Reconnect(describe_status(status))
-        }
+    /// Whether the stores already reflect the history up to where a break says it continues from
+    /// (a source replaying a resync marker the feed has already resynced past).
+    fn already_past(&self, continues_from: Option<&(String, u64)>) -> bool {
+        continues_from.is_some_and(|(incarnation, sequence)| {
+            self.incarnation.as_ref() == Some(incarnation) && *sequence <= self.state.applied()
+        })
     }
 
     /// Applies one notice if it is the next in sequence; returns whether it was applied (false for a

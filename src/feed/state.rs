@@ -1,8 +1,10 @@
 //! What the edge knows about its change feed, shared lock-free with the lookup path: the applied
-//! sequence (for the fence), whether the stream can be trusted (for negative answers), and the lag.
+//! sequence (for the fence), whether the stream can be trusted (for negative answers), and the lag;
+//! and a wake-up for lookups waiting until a sequence is applied (consistency tokens).
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::ResyncReason;
@@ -15,6 +17,9 @@ pub struct FeedState {
     /// Instants are kept as nanoseconds since this, so they fit in atomics.
     origin: Instant,
     applied: AtomicU64,
+    /// The applied sequence again, for lookups that wait for one ([`FeedState::wait_applied`]): the
+    /// atomic stays the hit path's one load, this wakes waiters when a notice is applied (no polling).
+    applied_watch: watch::Sender<u64>,
     /// The highest sequence the core has shown (notices, reads, snapshots).
     head: AtomicU64,
     /// When the stream went down (`NEVER` while it is connected and trusted).
@@ -49,6 +54,7 @@ impl FeedState {
         Self {
             origin: Instant::now(),
             applied: AtomicU64::new(0),
+            applied_watch: watch::Sender::new(0),
             head: AtomicU64::new(0),
             down_since: AtomicU64::new(0),
             behind_since: AtomicU64::new(NEVER),
@@ -82,6 +88,17 @@ impl FeedState {
         if self.head() <= sequence {
             self.behind_since.store(NEVER, Ordering::Release);
         }
+        self.applied_watch.send_replace(sequence);
+    }
+
+    /// Waits until the applied sequence reaches `sequence` or `deadline` passes; returns whether it
+    /// did. Woken by [`FeedState::set_applied`] and [`FeedState::restart_at`] themselves, which run
+    /// after the change is in the stores, so a waiter that wakes reads them with the change in.
+    pub async fn wait_applied(&self, sequence: u64, deadline: Instant) -> bool {
+        let mut applied = self.applied_watch.subscribe();
+        tokio::time::timeout_at(deadline, applied.wait_for(|applied| *applied >= sequence))
+            .await
+            .is_ok_and(|reached| reached.is_ok())
     }
 
     /// Records a sequence the core has reached.
@@ -98,6 +115,7 @@ impl FeedState {
         self.head.store(sequence, Ordering::Release);
         self.behind_since.store(NEVER, Ordering::Release);
         self.applied.store(sequence, Ordering::Release);
+        self.applied_watch.send_replace(sequence);
     }
 
     /// The stream is open. If reads already showed the core ahead, the edge stays "behind" from when
@@ -212,6 +230,29 @@ mod tests {
         assert!(status.trusts_negative(learned_while_down, Instant::now(), WHEN_DOWN));
         status.mark_connected();
         assert_eq!(status.negative_ttl(Duration::from_secs(30), WHEN_DOWN), Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_is_woken_by_the_apply_itself_or_gives_up_at_its_deadline() {
+        let state = std::sync::Arc::new(FeedState::new());
+        state.restart_at(10);
+        let deadline = Instant::now() + Duration::from_millis(200);
+        assert!(state.wait_applied(10, deadline).await, "already applied: no wait");
+        let waiter = tokio::spawn({
+            let state = state.clone();
+            async move { (state.wait_applied(12, deadline).await, Instant::now()) }
+        });
+        tokio::time::advance(Duration::from_millis(50)).await;
+        state.set_applied(11);
+        tokio::time::advance(Duration::from_millis(50)).await;
+        let applied_at = Instant::now();
+        state.set_applied(12);
+        let (reached, woke_at) = waiter.await.unwrap();
+        assert!(reached);
+        assert_eq!(woke_at, applied_at, "woken by the apply, not by a timer");
+        let started = Instant::now();
+        assert!(!state.wait_applied(13, started + Duration::from_millis(200)).await);
+        assert_eq!(Instant::now() - started, Duration::from_millis(200), "gave up at its deadline");
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,8 +1,10 @@
 //! The lookup path's metrics: lookups by the store that answered and the result, waits on shared
-//! core calls, refresh-ahead; and the store hit/miss counters, which follow from lookup outcomes.
+//! core calls, refresh-ahead; lookups with a consistency token; and the store hit/miss counters,
+//! which follow from lookup outcomes.
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
@@ -48,6 +50,8 @@ pub struct LookupMetrics {
     pub coalesced_waits: Counter,
     /// Background refreshes of merchants close to their TTL.
     pub refreshes_ahead: Counter,
+    /// Lookups with a consistency token.
+    pub tokens: TokenMetrics,
 }
 
 impl Default for LookupMetrics {
@@ -58,6 +62,7 @@ impl Default for LookupMetrics {
             lookups,
             coalesced_waits: Counter::default(),
             refreshes_ahead: Counter::default(),
+            tokens: TokenMetrics::default(),
         }
     }
 }
@@ -96,6 +101,7 @@ impl LookupMetrics {
             (StoreLabel::Negative, fell_through.into_iter().cloned().collect()),
         ]);
         registry.register("cache_misses", "Lookups a store could not answer (absent or past its TTL)", misses);
+        metrics.tokens.register(registry);
         metrics
     }
 }
@@ -153,5 +159,79 @@ impl LookupCounters {
             unavailable: counter(S::None, Unavailable),
             stale: counter(S::Stale, Found),
         }
+    }
+}
+
+label_values! {
+    /// How a lookup with a consistency token (`min_sequence`) went.
+    pub TokenOutcome {
+        /// The edge had applied the token already (or held an entry learned after it): answered as usual.
+        Fresh => "fresh",
+        /// The change feed applied the token while the lookup waited.
+        Waited => "waited",
+        /// Still behind after the wait: the core answered, fresh enough.
+        AskedCore => "asked_core",
+        /// Behind, and the core could not answer fresh enough in time: UNAVAILABLE (or the core's error).
+        Failed => "failed",
+        /// The token is ahead of the core's latest change: FAILED_PRECONDITION.
+        Ahead => "ahead",
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TokenLabels {
+    outcome: TokenOutcome,
+}
+
+/// Lookups with a consistency token, by outcome, and how long they waited for the change feed
+/// (cloning shares them).
+#[derive(Clone)]
+pub struct TokenMetrics {
+    lookups: Family<TokenLabels, Counter>,
+    /// Pre-resolved: tokens already applied (the hit path counts these).
+    pub fresh: Counter,
+    /// How long lookups behind their token waited for the feed (whether it caught up or not).
+    pub wait: Histogram,
+}
+
+impl Default for TokenMetrics {
+    fn default() -> Self {
+        let lookups = Family::<TokenLabels, Counter>::default();
+        for outcome in TokenOutcome::ALL {
+            drop(lookups.get_or_create(&TokenLabels { outcome: *outcome }));
+        }
+        let fresh = lookups.get_or_create(&TokenLabels { outcome: TokenOutcome::Fresh }).clone();
+        Self {
+            fresh,
+            lookups,
+            // 1 ms to about 16 s: the wait is bounded by `feed.fresh_wait` (at most a minute).
+            wait: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+        }
+    }
+}
+
+impl TokenMetrics {
+    /// Counts one lookup with a token.
+    pub fn count(&self, outcome: TokenOutcome) {
+        self.lookups.get_or_create(&TokenLabels { outcome }).inc();
+    }
+
+    /// How many lookups with a token ended with `outcome`.
+    pub fn get(&self, outcome: TokenOutcome) -> u64 {
+        self.lookups.get_or_create(&TokenLabels { outcome }).get()
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "token_lookups",
+            "Lookups with a consistency token (min_sequence), by outcome: already applied, waited for the feed, asked \
+             the core, failed, or ahead of the core",
+            self.lookups.clone(),
+        );
+        registry.register(
+            "token_wait_seconds",
+            "How long lookups behind their consistency token waited for the change feed to apply it",
+            self.wait.clone(),
+        );
     }
 }

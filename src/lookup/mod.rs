@@ -7,8 +7,9 @@ pub mod outcome;
 mod resolver;
 mod service;
 
-pub use self::metrics::{LookupCounters, LookupMetrics, ResultLabel, SourceLabel};
+pub use self::metrics::{LookupCounters, LookupMetrics, ResultLabel, SourceLabel, TokenMetrics, TokenOutcome};
 pub use self::resolver::{
-    after_core, remembered, stale_merchant, Answer, InMemory, LookupError, MemoryReader, Remembered, Resolver,
+    after_core, remembered, stale_merchant, Answer, InMemory, LookupError, MemoryReader, NotFreshCause, Remembered,
+    Resolver,
 };
 pub use self::service::LookupService;

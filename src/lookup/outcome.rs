@@ -4,7 +4,7 @@
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
-use super::resolver::{Answer, LookupError};
+use super::resolver::{Answer, LookupError, NotFreshCause};
 use crate::guard::{CoreError, RefusalReason};
 use crate::merchant_id::IdError;
 use crate::pb::{MerchantStatus, Reason, Source};
@@ -34,15 +34,27 @@ pub fn classify(error: &LookupError) -> (Code, Reason) {
         LookupError::InvalidId(IdError::Empty { .. }) => (Code::InvalidArgument, Reason::IdEmpty),
         LookupError::InvalidId(IdError::Length { .. }) => (Code::InvalidArgument, Reason::IdLength),
         LookupError::InvalidId(IdError::Charset { .. }) => (Code::InvalidArgument, Reason::IdCharset),
-        LookupError::Core(CoreError::Refused(refused)) => match refused.reason {
+        LookupError::Core(core) => core_outcome(core),
+        LookupError::SequenceAhead { .. } => (Code::FailedPrecondition, Reason::SequenceAhead),
+        // Behind the token, the core's failure is what the caller meets: shed stays RESOURCE_EXHAUSTED (with
+        // its pushback), the caller's own deadline DEADLINE_EXCEEDED, anything else UNAVAILABLE.
+        LookupError::NotFresh { why: NotFreshCause::Core(core), .. } => core_outcome(core),
+        LookupError::NotFresh { why: NotFreshCause::CoreBehind { .. }, .. } => {
+            (Code::Unavailable, Reason::CoreUnreachable)
+        }
+    }
+}
+
+/// The gRPC code and reason of a core that could not be asked or did not answer.
+fn core_outcome(error: &CoreError) -> (Code, Reason) {
+    match error {
+        CoreError::Refused(refused) => match refused.reason {
             RefusalReason::QueueFull | RefusalReason::ClientLimit => (Code::ResourceExhausted, Reason::CoreBusy),
             RefusalReason::BreakerOpen => (Code::Unavailable, Reason::CoreUnreachable),
             RefusalReason::Deadline => (Code::DeadlineExceeded, Reason::CoreUnreachable),
         },
-        LookupError::Core(CoreError::Upstream(UpstreamError::DeadlineExceeded)) => {
-            (Code::DeadlineExceeded, Reason::CoreUnreachable)
-        }
-        LookupError::Core(CoreError::Upstream(UpstreamError::Timeout(_) | UpstreamError::Unavailable(_))) => {
+        CoreError::Upstream(UpstreamError::DeadlineExceeded) => (Code::DeadlineExceeded, Reason::CoreUnreachable),
+        CoreError::Upstream(UpstreamError::Timeout(_) | UpstreamError::Unavailable(_)) => {
             (Code::Unavailable, Reason::CoreUnreachable)
         }
     }
@@ -69,7 +81,7 @@ impl From<LookupError> for Status {
         let (code, reason) = classify(&error);
         let mut status = Status::new(code, error.to_string());
         status.metadata_mut().insert(REASON_HEADER, MetadataValue::from_static(reason.as_str_name()));
-        if let LookupError::Core(core) = &error {
+        if let LookupError::Core(core) | LookupError::NotFresh { why: NotFreshCause::Core(core), .. } = &error {
             if let Some(after) = core.retry_after() {
                 let millis = MetadataValue::from(u64::try_from(after.as_millis()).unwrap_or(u64::MAX));
                 status.metadata_mut().insert(RETRY_PUSHBACK_HEADER, millis);
@@ -110,5 +122,23 @@ mod tests {
         assert_eq!(answer_reason(&answer(77, Source::Upstream)), Reason::StatusUnknown, "a status from a newer core");
         let unknown = Answer { merchant: None, source: Source::NegativeCache, age: Duration::ZERO, as_of_sequence: 3 };
         assert_eq!(answer_reason(&unknown), Reason::UnknownToCore);
+    }
+
+    #[test]
+    fn a_token_ahead_of_the_core_is_a_failed_precondition_and_one_the_core_cannot_meet_is_unavailable() {
+        let ahead = LookupError::SequenceAhead { asked: 900, core: 41 };
+        assert_eq!(classify(&ahead), (Code::FailedPrecondition, Reason::SequenceAhead));
+        let message = ahead.to_string();
+        assert!(message.contains("900") && message.contains("41"), "{message}");
+        let down = CoreError::Upstream(UpstreamError::Unavailable("connection refused".into()));
+        let behind = LookupError::NotFresh { asked: 12, held: 9, why: NotFreshCause::Core(down) };
+        assert_eq!(classify(&behind), (Code::Unavailable, Reason::CoreUnreachable));
+        let message = behind.to_string();
+        assert!(message.contains("sequence 12") && message.contains("sequence 9"), "{message}");
+        let replica = LookupError::NotFresh { asked: 12, held: 9, why: NotFreshCause::CoreBehind { answered: 10 } };
+        assert_eq!(classify(&replica), (Code::Unavailable, Reason::CoreUnreachable));
+        let status = Status::from(ahead);
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(status.metadata().get(REASON_HEADER).unwrap(), "REASON_SEQUENCE_AHEAD");
     }
 }

@@ -2,7 +2,10 @@
 //! ask the core once (coalesced, through core protection) and hand its answer to the cache room to
 //! install under the fence; serve-stale when the core cannot answer; refresh-ahead for merchants close
 //! to their TTL. The decisions a terminal's answer follows from ([`remembered`], [`after_core`]) are
-//! plain functions, so `explain` derives "what a terminal would get" from the same code.
+//! plain functions, so `explain` derives "what a terminal would get" from the same code. Lookups with
+//! a consistency token the edge has not applied yet take the path in [`fresh`].
+mod fresh;
+
 use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +59,44 @@ pub enum LookupError {
     #[error(transparent)]
     /// The core could not be asked, or did not answer.
     Core(#[from] CoreError),
+    #[error(
+        "min_sequence {asked} is ahead of the bank core, whose latest change is sequence {core}: the token comes \
+         from another core history or is wrong; look up without min_sequence, or with a sequence this core returned"
+    )]
+    /// The consistency token is ahead of the core's latest change: no answer can be that fresh.
+    SequenceAhead {
+        /// The request's `min_sequence`.
+        asked: u64,
+        /// The core's latest change, as its answer read after the token was issued showed.
+        core: u64,
+    },
+    #[error(
+        "cannot answer as fresh as sequence {asked} (min_sequence): this edge has applied changes up to sequence \
+         {held}, and {why}; retry in a moment"
+    )]
+    /// The edge is behind the consistency token and the core could not make up for it in time.
+    NotFresh {
+        /// The request's `min_sequence`.
+        asked: u64,
+        /// The sequence this edge had applied when it gave up.
+        held: u64,
+        /// Why the core could not answer instead.
+        why: NotFreshCause,
+    },
+}
+
+/// Why the core could not answer a lookup that the edge was too far behind to answer itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotFreshCause {
+    #[error("the bank core could not answer: {0}")]
+    /// The core could not be asked, or did not answer in time.
+    Core(CoreError),
+    #[error("the bank core answered only as of sequence {answered} (a replica behind its own changes)")]
+    /// The core answered, but from before the token (while the edge has seen it reach the token).
+    CoreBehind {
+        /// The core answer's `as_of_sequence`.
+        answered: u64,
+    },
 }
 
 /// What memory holds for an ID that a lookup may answer from.
@@ -67,6 +108,14 @@ pub enum Remembered {
 }
 
 impl Remembered {
+    /// The core sequence the entry was learned at.
+    pub fn as_of_sequence(&self) -> u64 {
+        match self {
+            Self::Merchant(entry) => entry.as_of_sequence,
+            Self::NotFound(entry) => entry.as_of_sequence,
+        }
+    }
+
     /// The answer a lookup at `now` gets from it.
     pub fn into_answer(self, now: Instant) -> Answer {
         match self {
@@ -146,6 +195,8 @@ pub struct Resolver {
     feed: Arc<FeedState>,
     metrics: LookupMetrics,
     guard_metrics: GuardMetrics,
+    /// The latest core read answered, for judging consistency tokens ahead of the core.
+    head_proof: fresh::HeadProof,
 }
 
 /// Outcomes counted by a [`MemoryReader`] until it is dropped.
@@ -154,6 +205,8 @@ struct Tally {
     cache_hit: u64,
     negative_hit: u64,
     invalid_id: u64,
+    /// Lookups with a consistency token the edge had already applied, answered from memory.
+    token_fresh: u64,
 }
 
 /// Answers IDs from memory as of one moment; see [`Resolver::memory`].
@@ -191,6 +244,26 @@ impl MemoryReader<'_> {
             None => Ok(InMemory::Missed(id)),
         }
     }
+
+    /// As [`MemoryReader::answer`], for a lookup whose answer must reflect every core change up to
+    /// `min_sequence` (0: no token). A token the edge has applied costs one load and compare: every
+    /// change up to the applied sequence is in the stores, so memory answers as for any lookup. Behind
+    /// it, the normalised ID comes back as [`InMemory::Behind`] for [`Resolver::answer_beyond_memory`].
+    pub fn answer_at_least<'a>(&self, raw_id: &'a str, min_sequence: u64) -> Result<InMemory<'a>, LookupError> {
+        if min_sequence == 0 {
+            return self.answer(raw_id);
+        }
+        if self.resolver.feed.applied() >= min_sequence {
+            let answered = self.answer(raw_id);
+            if let Ok(InMemory::Answered(_)) = answered {
+                self.count(|tally| tally.token_fresh += 1);
+            }
+            return answered;
+        }
+        let id =
+            self.config.merchant_id.normalise(raw_id).inspect_err(|_| self.count(|tally| tally.invalid_id += 1))?;
+        Ok(InMemory::Behind(id))
+    }
 }
 
 impl Drop for MemoryReader<'_> {
@@ -201,6 +274,7 @@ impl Drop for MemoryReader<'_> {
             (&counters.cache_hit, tally.cache_hit),
             (&counters.negative_hit, tally.negative_hit),
             (&counters.invalid_id, tally.invalid_id),
+            (&self.resolver.metrics.tokens.fresh, tally.token_fresh),
         ] {
             if count > 0 {
                 counter.inc_by(count);
@@ -215,6 +289,9 @@ pub enum InMemory<'a> {
     Answered(Answer),
     /// Memory could not answer; this is the normalised ID.
     Missed(std::borrow::Cow<'a, str>),
+    /// The lookup's consistency token is ahead of the applied sequence, so memory may be too old to
+    /// answer; this is the normalised ID.
+    Behind(std::borrow::Cow<'a, str>),
 }
 
 impl Resolver {
@@ -238,6 +315,7 @@ impl Resolver {
             feed,
             metrics,
             guard_metrics,
+            head_proof: fresh::HeadProof::default(),
         }
     }
 
@@ -299,10 +377,36 @@ impl Resolver {
 
     /// Resolves one ID as a terminal sent it.
     pub async fn lookup(self: &Arc<Self>, raw_id: &str, caller: &Caller) -> Result<Answer, LookupError> {
-        match self.answer_from_memory(raw_id)? {
+        self.lookup_at_least(raw_id, 0, caller).await
+    }
+
+    /// Resolves one ID as a terminal sent it, with an answer reflecting every core change up to
+    /// `min_sequence` (0: no token).
+    pub async fn lookup_at_least(
+        self: &Arc<Self>,
+        raw_id: &str,
+        min_sequence: u64,
+        caller: &Caller,
+    ) -> Result<Answer, LookupError> {
+        match self.memory().answer_at_least(raw_id, min_sequence)? {
             InMemory::Answered(answer) => Ok(answer),
-            InMemory::Missed(id) => self.answer_from_core(&id, caller).await,
+            InMemory::Missed(id) | InMemory::Behind(id) => self.answer_beyond_memory(&id, min_sequence, caller).await,
         }
+    }
+
+    /// The answer for an ID memory could not answer, or not fresh enough (normalised by
+    /// [`MemoryReader::answer_at_least`]): without a token, [`Self::answer_from_core`]; with one, the
+    /// answer reflects every change up to `min_sequence` or the lookup fails saying why.
+    pub async fn answer_beyond_memory(
+        self: &Arc<Self>,
+        id: &str,
+        min_sequence: u64,
+        caller: &Caller,
+    ) -> Result<Answer, LookupError> {
+        if min_sequence == 0 {
+            return self.answer_from_core(id, caller).await;
+        }
+        self.answer_at_least(id, min_sequence, caller).await
     }
 
     /// The answer for an ID that memory could not answer (normalised by [`Self::answer_from_memory`]).
@@ -310,7 +414,7 @@ impl Resolver {
     /// answered instead (source STALE); a cached "not found" never is.
     pub async fn answer_from_core(self: &Arc<Self>, id: &str, caller: &Caller) -> Result<Answer, LookupError> {
         let outcome = match self.guard.admit(caller, &self.config.load().protect, &self.guard_metrics) {
-            Ok(()) => self.ask_core(id, caller.deadline).await,
+            Ok(()) => self.ask_core(id, caller.deadline).await.0,
             Err(refused) => Err(refused.into()),
         };
         let config = self.config.load();
@@ -357,16 +461,22 @@ impl Resolver {
     /// for the answer until `deadline` at most. A shared call can end early for reasons of the lookup
     /// that started it (its deadline, or every waiter leaving just as this one joined); then this
     /// lookup starts its own call once, under its own deadline.
-    async fn ask_core(self: &Arc<Self>, id: &str, deadline: Option<Instant>) -> Result<Filled, CoreError> {
-        let outcome = self.ask_core_once(id, deadline).await;
+    /// Also returns when the fill that answered began (its core read reflects every change committed
+    /// before then).
+    async fn ask_core(self: &Arc<Self>, id: &str, deadline: Option<Instant>) -> (Result<Filled, CoreError>, Instant) {
+        let (outcome, began) = self.ask_core_once(id, deadline).await;
         let own_deadline_left = deadline.is_none_or(|deadline| Instant::now() + MIN_FILL < deadline);
         if outcome.as_ref().is_err_and(CoreError::is_deadline) && own_deadline_left {
             return self.ask_core_once(id, deadline).await;
         }
-        outcome
+        (outcome, began)
     }
 
-    async fn ask_core_once(self: &Arc<Self>, id: &str, deadline: Option<Instant>) -> Result<Filled, CoreError> {
+    async fn ask_core_once(
+        self: &Arc<Self>,
+        id: &str,
+        deadline: Option<Instant>,
+    ) -> (Result<Filled, CoreError>, Instant) {
         let (fill, waiting) = match self.cache.join_or_start(id, self.feed.applied()) {
             Role::Joined(fill) => {
                 self.metrics.coalesced_waits.inc();
@@ -392,7 +502,7 @@ impl Resolver {
             None => fill.outcome().await,
         };
         drop(waiting);
-        outcome
+        (outcome, fill.started_at)
     }
 
     async fn run_fill(&self, id: Arc<str>, fill: Arc<Fill>, deadline: Option<Instant>) {
@@ -418,6 +528,7 @@ impl Resolver {
             // An answer from before a resync may come from a core history that no longer exists.
             if self.cache.is_current(&fill) {
                 self.feed.observe_head(answer.as_of_sequence);
+                self.head_proof.record(answer.as_of_sequence, fill.started_at);
             }
         }
         let learned_at = Instant::now();

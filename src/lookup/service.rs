@@ -149,12 +149,13 @@ async fn serve_stream(
             }
             Some((id, answer)) = from_core.next(), if !from_core.is_empty() => batch_result(id, answer),
             request = requests.message(), if may_read => match request {
-                Ok(Some(LookupRequest { merchant_id })) => match resolver.answer_from_memory(&merchant_id) {
+                Ok(Some(LookupRequest { merchant_id, min_sequence })) => match resolver.memory().answer_at_least(&merchant_id, min_sequence) {
                     Ok(InMemory::Answered(answer)) => batch_result(merchant_id, Ok(answer)),
-                    Ok(InMemory::Missed(normalised)) => {
+                    // A lookup behind its token waits (for the feed, then the core) beside the others.
+                    Ok(InMemory::Missed(normalised) | InMemory::Behind(normalised)) => {
                         let (resolver, normalised, caller) = (resolver.clone(), normalised.into_owned(), &caller);
                         from_core.push(async move {
-                            (merchant_id, resolver.answer_from_core(&normalised, caller).await)
+                            (merchant_id, resolver.answer_beyond_memory(&normalised, min_sequence, caller).await)
                         });
                         continue;
                     }
@@ -200,9 +201,13 @@ impl MerchantLookup for LookupService {
     }
 
     async fn lookup(&self, request: Request<LookupRequest>) -> Result<Response<LookupResponse>, Status> {
-        let answer = match self.resolver.answer_from_memory(&request.get_ref().merchant_id)? {
+        let LookupRequest { merchant_id, min_sequence } = request.get_ref();
+        let answer = match self.resolver.memory().answer_at_least(merchant_id, *min_sequence)? {
             InMemory::Answered(answer) => answer,
-            InMemory::Missed(id) => self.resolver.answer_from_core(&id, &caller(&request, &self.config)).await?,
+            InMemory::Missed(id) | InMemory::Behind(id) => {
+                let caller = caller(&request, &self.config);
+                self.resolver.answer_beyond_memory(&id, *min_sequence, &caller).await?
+            }
         };
         Ok(Response::new(answer.into()))
     }
@@ -214,7 +219,7 @@ impl MerchantLookup for LookupService {
         request: Request<BatchLookupRequest>,
     ) -> Result<Response<BatchLookupResponse>, Status> {
         let caller = caller(&request, &self.config);
-        let ids = request.into_inner().merchant_ids;
+        let BatchLookupRequest { merchant_ids: ids, min_sequence } = request.into_inner();
         let max = self.config.load().server.max_batch_size.get() as usize;
         if ids.len() > max {
             return Err(CallError::BatchTooLarge { got: ids.len(), max }.into());
@@ -223,9 +228,9 @@ impl MerchantLookup for LookupService {
         let mut misses = Vec::new();
         let memory = self.resolver.memory();
         for (position, id) in ids.iter().enumerate() {
-            match memory.answer(id) {
+            match memory.answer_at_least(id, min_sequence) {
                 Ok(InMemory::Answered(answer)) => answers.push(Some(Ok(answer))),
-                Ok(InMemory::Missed(normalised)) => {
+                Ok(InMemory::Missed(normalised) | InMemory::Behind(normalised)) => {
                     misses.push((position, normalised.into_owned()));
                     answers.push(None);
                 }
@@ -233,8 +238,10 @@ impl MerchantLookup for LookupService {
             }
         }
         drop(memory);
-        let fetched =
-            futures::future::join_all(misses.iter().map(|(_, id)| self.resolver.answer_from_core(id, &caller))).await;
+        let fetched = futures::future::join_all(
+            misses.iter().map(|(_, id)| self.resolver.answer_beyond_memory(id, min_sequence, &caller)),
+        )
+        .await;
         for ((position, _), answer) in misses.into_iter().zip(fetched) {
             answers[position] = Some(answer);
         }

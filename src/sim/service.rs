@@ -160,10 +160,16 @@ impl MerchantCore for CoreService {
             return Err(Status::unavailable("core-sim: streams are being dropped (SetFaults.drop_streams)"));
         }
         sim.counters.watch_streams_opened.fetch_add(1, Ordering::Relaxed);
+        // Decided when the stream opens, so a test can stall one subscriber and not the others.
+        let stalled = sim.settings().stall_new_streams;
         let (tx, rx) = mpsc::channel(STREAM_BATCH);
         tokio::spawn(async move {
             sim.counters.watch_streams_open.fetch_add(1, Ordering::Relaxed);
-            stream_changes(&sim, after, &tx).await;
+            if stalled {
+                hold_silent(&sim, &tx).await;
+            } else {
+                stream_changes(&sim, after, &tx).await;
+            }
             sim.counters.watch_streams_open.fetch_sub(1, Ordering::Relaxed);
         });
         let mut response = Response::new(ReceiverStream::new(rx));
@@ -171,6 +177,18 @@ impl MerchantCore for CoreService {
             response.metadata_mut().insert(INCARNATION_HEADER, incarnation);
         }
         Ok(response)
+    }
+}
+
+/// Keeps a stream open without sending anything (SetFaults.stall_new_streams) until the subscriber
+/// leaves or the server shuts down.
+async fn hold_silent(sim: &SimState, tx: &mpsc::Sender<Result<ChangeNotice, Status>>) {
+    let mut closing = sim.closing.subscribe();
+    tokio::select! {
+        () = tx.closed() => {}
+        () = async { drop(closing.wait_for(|closing| *closing).await) } => {
+            let _ = tx.send(Err(Status::unavailable("core-sim: shutting down"))).await;
+        }
     }
 }
 

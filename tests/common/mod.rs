@@ -119,7 +119,7 @@ pub fn source(response: &LookupResponse) -> Source {
 }
 
 pub async fn lookup(client: &mut MerchantLookupClient<Channel>, id: &str) -> Result<LookupResponse, tonic::Status> {
-    client.lookup(LookupRequest { merchant_id: id.to_owned() }).await.map(|r| r.into_inner())
+    client.lookup(LookupRequest { merchant_id: id.to_owned(), min_sequence: 0 }).await.map(|r| r.into_inner())
 }
 
 /// Moves tokio's clock forward without sleeping. The clock is paused only for the jump, so the

@@ -20,6 +20,8 @@ use tokio::time::Instant;
 
 use super::metrics::{CacheMetrics, EvictionCause, StoreLabel};
 
+mod blocks;
+mod packed;
 mod positive;
 
 pub use positive::PositiveEntry;
