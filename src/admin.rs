@@ -5,6 +5,7 @@
 //! `admin.token_file`.
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Path, RawQuery, Request, State};
 use axum::http::{header, StatusCode};
@@ -30,6 +31,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub readiness: Readiness,
     pub reloader: Arc<Reloader>,
+    /// The local snapshot restored at start, if one was.
+    pub restored: Option<Arc<crate::snapshot::Restored>>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -88,14 +91,22 @@ pub async fn guard(
 /// serving while the feed is down (from memory), so the feed does not decide readiness, but operators
 /// need to see it.
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
-    let (code, verdict) = if state.readiness.is_ready() {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: warming up or draining")
-    };
     let feed = &state.feed;
     let lag = feed.lag(Instant::now());
     let link = if feed.is_connected() { "connected" } else { "DOWN" };
+    // Until the feed has followed the core once, a restored edge answers only what its snapshot held.
+    let from_snapshot = state.restored.as_ref().filter(|_| !state.readiness.feed_has_followed()).map(|restored| {
+        let age = humantime_serde::re::humantime::format_duration(Duration::from_secs(restored.age().as_secs()));
+        format!("serving from local snapshot of {age}, feed {link}")
+    });
+    let (code, verdict) = match (state.readiness.is_ready(), from_snapshot) {
+        (true, Some(snapshot)) => (StatusCode::OK, format!("ready: {snapshot}")),
+        (true, None) => (StatusCode::OK, "ready".to_owned()),
+        (false, Some(snapshot)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {snapshot}, waiting for the core"))
+        }
+        (false, None) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: warming up or draining".to_owned()),
+    };
     let source = state.config.load().feed.source.as_str();
     let body = format!(
         "{verdict}\nfeed: {link}, applied sequence {}, core head {}, lag {} / {:.1}s, source {source}\n",

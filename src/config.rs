@@ -13,6 +13,7 @@ pub use crate::cache::CacheConfig;
 pub use crate::feed::FeedConfig;
 pub use crate::guard::ProtectConfig;
 use crate::merchant_id::IdRule;
+pub use crate::snapshot::SnapshotConfig;
 
 /// The config in force, swapped whole by a reload; subsystems read it when they use a setting.
 pub type LiveConfig = std::sync::Arc<ArcSwap<Config>>;
@@ -35,6 +36,8 @@ pub struct Config {
     pub merchant_id: IdRule,
     /// The change feed.
     pub feed: FeedConfig,
+    /// The local snapshot.
+    pub snapshot: SnapshotConfig,
     /// Live reload.
     pub reload: ReloadConfig,
     /// Logging.
@@ -383,6 +386,11 @@ impl Config {
             // terminal has long given up.
             ("feed.fresh_wait", self.feed.fresh_wait, (Duration::ZERO, Duration::from_secs(60), "0s and 1m")),
             ("reload.debounce", self.reload.debounce, (50 * ms, Duration::from_secs(60), "50ms and 1m")),
+            (
+                "snapshot.interval",
+                self.snapshot.interval,
+                (Duration::from_secs(1), Duration::from_secs(86_400), "1s and 1d"),
+            ),
         ] {
             if value < min || value > max {
                 problems.push((key, format!("must be between {range}")));
@@ -582,6 +590,12 @@ const RESTART_ONLY: &[RestartOnly] = &[
         key: "upstream.embedded_merchants",
         show: |c| c.upstream.embedded_merchants.to_string(),
         keep: |c, running| c.upstream.embedded_merchants = running.upstream.embedded_merchants,
+    },
+    // Only the start reads it: whether to report ready before the core answers.
+    RestartOnly {
+        key: "snapshot.ready_when_core_down",
+        show: |c| c.snapshot.ready_when_core_down.to_string(),
+        keep: |c, running| c.snapshot.ready_when_core_down = running.snapshot.ready_when_core_down,
     },
     // The feed opens its notice source once; the NATS connection (servers, login, TLS) with it.
     RestartOnly {

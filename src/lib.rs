@@ -20,6 +20,9 @@
 //! - operations: readiness and gRPC health, the admin HTTP endpoint (with `explain`: the "why not
 //!   found" checklist; who may use the endpoints that change state: loopback, or a bearer token), live
 //!   reload, TLS, logging, systemd notifications.
+//! - [`snapshot`]: the local snapshot file (what the edge holds, its feed position): restored at start
+//!   through the [`cache`] so a restart answers while the core is down, and the feed resumes from it;
+//!   written crash-safe every interval and at drain.
 //! - [`server`]: assembles a running edge from a config and bound listeners, and drains it;
 //!   [`runtime`]: where gRPC calls run (one single-threaded runtime per core on `SO_REUSEPORT`
 //!   sockets, or the shared multi-thread one), background work staying on the main runtime.
@@ -54,6 +57,7 @@ mod reload;
 pub mod runtime;
 pub mod server;
 pub mod sim;
+pub mod snapshot;
 mod systemd;
 mod telemetry;
 mod text;

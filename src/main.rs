@@ -76,6 +76,11 @@ enum Command {
     },
     /// Validate a config file and print its effective values.
     CheckConfig { file: PathBuf },
+    /// Work with local snapshot files ([snapshot] path).
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
     /// Follow the core's change notices and append each, once and in order, to a NATS JetStream stream.
     Relay {
         /// The bank core's MerchantCore address, e.g. http://10.0.0.5:50052.
@@ -108,10 +113,20 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Print a snapshot's header (format, sequence, incarnation, written at, merchants, bytes) and
+    /// verify every record and the checksum; exit status 1 for a file a start would reject.
+    Inspect { file: PathBuf },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::CheckConfig { file } = &cli.command {
         return commands::check_config(file);
+    }
+    if let Command::Snapshot { command: SnapshotCommand::Inspect { file } } = &cli.command {
+        return merchant_edge::snapshot::inspect::inspect(file);
     }
     let runtime = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
     let result = runtime.block_on(async {
@@ -149,7 +164,9 @@ fn main() -> ExitCode {
                 config.nats.subject = subject;
                 commands::relay(config, admin).await.map(|()| ExitCode::SUCCESS)
             }
-            Command::CheckConfig { .. } => unreachable!("handled before the runtime starts"),
+            Command::CheckConfig { .. } | Command::Snapshot { .. } => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     });
     result.unwrap_or_else(|message| {

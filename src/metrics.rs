@@ -12,6 +12,7 @@ use crate::feed::FeedMetrics;
 use crate::guard::GuardMetrics;
 use crate::lookup::LookupMetrics;
 use crate::reload::ConfigMetrics;
+use crate::snapshot::SnapshotMetrics;
 
 mod process;
 
@@ -35,6 +36,8 @@ pub struct Metrics {
     pub feed: FeedMetrics,
     /// Config reloads'.
     pub config: ConfigMetrics,
+    /// The local snapshot's.
+    pub snapshot: SnapshotMetrics,
 }
 
 impl Default for Metrics {
@@ -45,12 +48,13 @@ impl Default for Metrics {
         let cache = CacheMetrics::register(&mut registry);
         let feed = FeedMetrics::register(&mut registry);
         let config = ConfigMetrics::register(&mut registry);
+        let snapshot = SnapshotMetrics::register(&mut registry);
         let build_info = Family::<BuildInfoLabels, Gauge>::default();
         registry.register("build_info", "The running build", build_info.clone());
         build_info.get_or_create(&BuildInfoLabels { version: env!("CARGO_PKG_VERSION").to_owned() }).set(1);
         let mut unprefixed = Registry::default();
         process::register(&mut unprefixed);
-        Self { registry, unprefixed, lookup, guard, cache, feed, config }
+        Self { registry, unprefixed, lookup, guard, cache, feed, config, snapshot }
     }
 }
 

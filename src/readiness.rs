@@ -21,6 +21,9 @@ pub struct Readiness {
     /// Once true, nothing makes the edge ready again (a warm start finishing mid-drain must not), and
     /// long-lived streams wind down.
     draining: watch::Sender<bool>,
+    /// Whether the change feed has been following the core at any time (until then, an edge that
+    /// restored a local snapshot serves only what the snapshot held).
+    feed_followed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     health: HealthReporter,
     /// Where the feed reads notices from, once the feed says.
     feed_source: std::sync::Arc<std::sync::OnceLock<&'static str>>,
@@ -32,9 +35,15 @@ impl Readiness {
         Self {
             ready: watch::Sender::new(false),
             draining: watch::Sender::new(false),
+            feed_followed: Default::default(),
             health,
             feed_source: Default::default(),
         }
+    }
+
+    /// Whether the change feed has been connected to the core since the edge started.
+    pub fn feed_has_followed(&self) -> bool {
+        self.feed_followed.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Whether `/readyz` answers 200 now.
@@ -71,6 +80,9 @@ impl Readiness {
     /// Reports the change feed as its own health-check service, so probes can tell "serving, but the
     /// feed is down" from "not serving".
     pub async fn set_feed(&self, connected: bool) {
+        if connected {
+            self.feed_followed.store(true, std::sync::atomic::Ordering::Release);
+        }
         if self.is_draining() {
             return;
         }

@@ -25,6 +25,7 @@ use crate::readiness::Readiness;
 use crate::reload::{self, Reloader};
 use crate::runtime::{self, GrpcListeners, PerCore, RuntimeError};
 use crate::sim::Simulator;
+use crate::snapshot::{Restored, SnapshotParts, Snapshots};
 use crate::telemetry::LogControl;
 use crate::tls::{self, TlsError, TlsSettings};
 use crate::upstream::CoreClient;
@@ -180,6 +181,15 @@ impl Edge {
         let metrics = Arc::new(Metrics::default());
         let cache = Arc::new(Cache::new(live::section(&live, |config| &config.cache), metrics.cache.clone()));
         let feed = Arc::new(FeedState::new());
+        // Before anything reads or writes the stores: a restart answers from what the edge held.
+        let snapshots = Arc::new(Snapshots::new(SnapshotParts {
+            settings: live::section(&live, |config| &config.snapshot),
+            id_rule: live::section(&live, |config| &config.merchant_id),
+            cache: cache.clone(),
+            feed: feed.clone(),
+            metrics: metrics.snapshot.clone(),
+        }));
+        let restored = snapshots.restore().await;
         let resolver = Arc::new(Resolver::new(
             live.clone(),
             cache.clone(),
@@ -202,7 +212,7 @@ impl Edge {
             Ok(())
         });
         let source = crate::feed::source_for(&config.feed, core.grpc()).await?;
-        let change_feed = ChangeFeed::new(FeedParts {
+        let mut change_feed = ChangeFeed::new(FeedParts {
             core: core.grpc(),
             source,
             cache: cache.clone(),
@@ -211,6 +221,21 @@ impl Edge {
             settings: live::section(&live, |config| &config.feed),
             metrics: metrics.feed.clone(),
         });
+        let ready_when_core_down = config.snapshot.ready_when_core_down;
+        if let Some(restored) = &restored {
+            change_feed = change_feed.resume_from(restored.position.clone(), !ready_when_core_down);
+        }
+        let (writer, writer_stop) = (snapshots.clone().run(), stop_background.fired());
+        background.spawn(
+            async move {
+                tokio::select! {
+                    () = writer => {}
+                    () = writer_stop => {}
+                }
+                Ok(())
+            }
+            .instrument(tracing::info_span!("snapshot")),
+        );
         let feed_stop = stop_background.fired();
         background.spawn(
             async move {
@@ -285,6 +310,7 @@ impl Edge {
             metrics: metrics.clone(),
             readiness: readiness.clone(),
             reloader: reloader.clone(),
+            restored: restored.clone().map(Arc::new),
         });
         let admin_stop = stop_admin.fired();
         let admin_task = tokio::spawn(async move {
@@ -294,7 +320,8 @@ impl Edge {
                 .map_err(ServeError::Admin)
         });
 
-        if !config.feed.warm_start {
+        // Restored from a snapshot: ready at once by policy, else once the feed follows the core.
+        if restored.as_ref().map_or(!config.feed.warm_start, |_| ready_when_core_down) {
             readiness.set(true).await;
         }
         tracing::info!(
@@ -317,6 +344,8 @@ impl Edge {
             readiness,
             reloader,
             config: live,
+            snapshots,
+            restored,
             stop_serving,
             stop_background,
             stop_admin,
@@ -362,6 +391,10 @@ pub struct RunningEdge {
     pub reloader: Arc<Reloader>,
     /// The config in force.
     pub config: LiveConfig,
+    /// The local snapshot (tests write it on demand).
+    pub snapshots: Arc<Snapshots>,
+    /// The local snapshot restored at start, if one was.
+    pub restored: Option<Restored>,
     stop_serving: Stop,
     stop_background: Stop,
     stop_admin: Stop,
@@ -396,7 +429,8 @@ impl RunningEdge {
     /// Drains within `server.shutdown_grace`: health turns NOT_SERVING (health Watch streams end) and
     /// readiness fails, the listener stops accepting and open connections are told to go away,
     /// in-flight calls get the grace period less a small reserve to finish (then they are cut off),
-    /// and in the reserve the feed, the embedded core and the admin endpoint stop.
+    /// the local snapshot is written once more, and the feed, the embedded core and the admin
+    /// endpoint stop.
     pub async fn shutdown(mut self) -> Result<Drain, ServeError> {
         let grace = self.config.load().server.shutdown_grace;
         let started = tokio::time::Instant::now();
@@ -418,6 +452,10 @@ impl RunningEdge {
                 Drain::Forced
             }
         };
+        // After the last call: what the next start resumes from (its own bound: the drain's deadline).
+        if tokio::time::timeout_at(deadline, self.snapshots.write_at_drain()).await.is_err() {
+            tracing::warn!("local snapshot not written at drain: the grace period ran out");
+        }
         self.stop_background.fire();
         let background = async {
             while let Some(finished) = self.background.join_next().await {

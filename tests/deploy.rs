@@ -112,6 +112,10 @@ fn the_systemd_unit_matches_the_binary_and_the_config_defaults() {
     // the snapshot will live.
     assert_eq!(Path::new(CONFIG_PATH).parent().unwrap(), Path::new("/etc").join(get("ConfigurationDirectory")));
     assert_eq!(get("StateDirectory"), "merchant-edge");
+    assert!(
+        unit.contains("[snapshot] path = \"/var/lib/merchant-edge/snapshot.bin\""),
+        "the unit documents the snapshot path in its state directory"
+    );
     for (key, value) in [
         ("NoNewPrivileges", "yes"),
         ("ProtectSystem", "strict"),
@@ -647,6 +651,15 @@ fn the_kubernetes_manifests_match_the_config_loader() {
     assert!(mount.get("subPath").is_none(), "subPath mounts do not see ConfigMap updates");
     let volume = spec["volumes"].as_array().unwrap().iter().find(|v| v["name"] == mount["name"]).unwrap();
     assert_eq!(volume["configMap"]["name"], config_map["metadata"]["name"]);
+
+    // The local snapshot lives on a writable volume mounted at its directory (the root filesystem is
+    // read-only, and the file is replaced by a rename within that directory).
+    let snapshot = config.snapshot.file().expect("the ConfigMap turns the local snapshot on");
+    let snapshot_dir = snapshot.parent().unwrap().to_str().unwrap();
+    assert_eq!(snapshot_dir, "/var/lib/merchant-edge", "the same state directory as the systemd unit's");
+    let state = mounts.iter().find(|m| m["mountPath"] == snapshot_dir).expect("a mount at the snapshot's directory");
+    assert_ne!(state["readOnly"], true, "the snapshot's directory must be writable");
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
 
     // The kubelet's SIGKILL comes after the preStop pause and the edge's own bounded drain.
     let pre_stop = Duration::from_secs(container["lifecycle"]["preStop"]["sleep"]["seconds"].as_u64().unwrap_or(0));

@@ -243,6 +243,11 @@ impl Fills {
         *self.epoch.read() == fill.epoch
     }
 
+    /// The resync epoch now (it only grows).
+    pub fn epoch(&self) -> u64 {
+        *self.epoch.read()
+    }
+
     /// Starts a new epoch: no fill that began before can install after this returns.
     pub fn advance_epoch(&self) {
         *self.epoch.write() += 1;

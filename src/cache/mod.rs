@@ -197,6 +197,47 @@ impl Cache {
         self.stores.load().drop_positives_older_than(snapshot_sequence);
     }
 
+    /// How many resyncs have begun (with [`Self::begin_resync`] or a restore): a reader that walks the
+    /// stores and sees this unchanged before and after knew no resync began meanwhile.
+    pub fn resync_epoch(&self) -> u64 {
+        self.fills.epoch()
+    }
+
+    /// Starts restoring from a local snapshot at `now`: new stores off to the side (lookups see them
+    /// only once [`Self::finish_restore`] swaps them in, so a snapshot found damaged half-way through
+    /// was never visible), able to hold merchants learned up to `positive_ttl + serve_stale_for` ago
+    /// (older ones could not be answered even stale).
+    pub fn begin_restore(&self, now: Instant) -> Restoring {
+        let settings = self.settings.load();
+        let mut window = settings.positive_ttl.saturating_add(settings.serve_stale_for);
+        // The store keeps instants as offsets from its epoch, so the epoch must precede every restored
+        // entry; an instant before the clock's origin may not exist on every platform, and then the
+        // window shrinks to what the clock can represent.
+        let epoch = loop {
+            match now.checked_sub(window) {
+                Some(epoch) => break epoch,
+                None => window /= 2,
+            }
+        };
+        let capacities = self.stores.load().capacities();
+        Restoring {
+            stores: Stores::with_epoch(capacities, epoch, &self.metrics),
+            ttl: settings.positive_ttl,
+            now,
+            window,
+            kept: 0,
+            too_old: 0,
+        }
+    }
+
+    /// Makes the restored stores the ones lookups read. Fills that began before cannot install into
+    /// them (a new resync epoch): their answers speak of a history the snapshot may have moved past.
+    pub async fn finish_restore(&self, restoring: Restoring) {
+        let _writes = self.store_writes.write().await;
+        self.fills.advance_epoch();
+        self.stores.store(Arc::new(restoring.stores));
+    }
+
     /// Rebuilds the stores when the configured capacities differ from theirs, migrating every entry
     /// (moka cannot change a capacity in place). Lookups keep reading the old stores until the swap;
     /// store writes wait for it. Returns whether the stores were rebuilt.
@@ -214,6 +255,39 @@ impl Cache {
         self.stores.store(Arc::new(rebuilt));
         drop(writes);
         true
+    }
+}
+
+/// Stores being filled from a local snapshot before they replace the live ones (see
+/// [`Cache::begin_restore`]). Filled from one thread (a blocking loader), never read meanwhile.
+pub struct Restoring {
+    stores: Stores,
+    /// The positive TTL stamped on restored entries.
+    ttl: Duration,
+    /// When the restore began: ages count back from it.
+    now: Instant,
+    /// Merchants older than this could not be answered even stale.
+    window: Duration,
+    kept: u64,
+    too_old: u64,
+}
+
+impl Restoring {
+    /// Takes in merchant `id` (as the core sent it, encoded) as of `as_of_sequence`, learned `age` ago.
+    /// One learned too long ago to be answered even stale is left out (the next lookup asks the core).
+    pub fn put(&mut self, id: &str, merchant: EncodedMerchant, as_of_sequence: u64, age: Duration) {
+        if age > self.window {
+            self.too_old += 1;
+            return;
+        }
+        let entry = PositiveEntry { merchant, as_of_sequence, learned_at: self.now - age, ttl: self.ttl };
+        self.stores.restore_positive(id, &entry);
+        self.kept += 1;
+    }
+
+    /// Merchants taken in, and left out as too old.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.kept, self.too_old)
     }
 }
 

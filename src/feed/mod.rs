@@ -121,6 +121,16 @@ pub struct FeedParts {
     pub metrics: FeedMetrics,
 }
 
+/// A place in the core's history that the stores already reflect (a local snapshot's): the feed
+/// resumes the stream from it instead of syncing first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    /// Every change up to this sequence is in the stores.
+    pub sequence: u64,
+    /// The core history the sequence belongs to.
+    pub incarnation: String,
+}
+
 /// Follows a notice source into the cache (snapshots from the core).
 pub struct ChangeFeed {
     core: MerchantCoreClient<Channel>,
@@ -134,6 +144,11 @@ pub struct ChangeFeed {
     incarnation: Option<String>,
     /// The applied sequence at the last gaps, and how many gaps in a row happened there.
     gap_streak: (u64, u32),
+    /// Where to resume from instead of syncing first (taken when [`Self::run`] starts).
+    resume: Option<Position>,
+    /// Report the edge ready at the next sync or stream opened (a warm start, or a resume whose edge
+    /// waits for the core).
+    ready_when_following: bool,
 }
 
 /// Gaps at the same sequence, in a row, that mean the history itself has a hole.
@@ -145,7 +160,28 @@ impl ChangeFeed {
         let FeedParts { core, source, cache, state, readiness, settings, metrics } = parts;
         metrics.set_source(source.kind());
         readiness.set_feed_source(source.kind());
-        Self { core, source, cache, state, readiness, settings, metrics, incarnation: None, gap_streak: (0, 0) }
+        Self {
+            core,
+            source,
+            cache,
+            state,
+            readiness,
+            settings,
+            metrics,
+            incarnation: None,
+            gap_streak: (0, 0),
+            resume: None,
+            ready_when_following: false,
+        }
+    }
+    /// Resumes the stream from `position` (the stores were restored to it) instead of syncing first:
+    /// with the core's history still there, only the missed notices are read; "too old" or another
+    /// incarnation resyncs as usual. `report_ready` makes the edge ready once the stream is open (an
+    /// edge that does not serve from its snapshot while the core is down).
+    pub fn resume_from(mut self, position: Position, report_ready: bool) -> Self {
+        self.resume = Some(position);
+        self.ready_when_following = report_ready;
+        self
     }
 
     /// The feed settings in force now (a reload may change them between streams).
@@ -157,7 +193,19 @@ impl ChangeFeed {
     pub async fn run(mut self) {
         let settings = self.settings();
         let mut backoff = Backoff::new(settings.reconnect_initial_backoff, settings.reconnect_max_backoff);
-        let mut pending = Some(if settings.warm_start { Sync::WarmStart } else { Sync::ColdStart });
+        let mut pending = match self.resume.take() {
+            Some(Position { sequence, incarnation }) => {
+                tracing::info!(sequence, %incarnation, "feed: resuming from the local snapshot's position");
+                self.state.restart_at(sequence);
+                self.state.set_incarnation(Some(&incarnation));
+                self.incarnation = Some(incarnation);
+                None
+            }
+            None => {
+                self.ready_when_following = settings.warm_start;
+                Some(if settings.warm_start { Sync::WarmStart } else { Sync::ColdStart })
+            }
+        };
         loop {
             if let Some(sync) = pending.take() {
                 self.state.mark_down();
@@ -167,7 +215,7 @@ impl ChangeFeed {
                     backoff.wait().await;
                     continue;
                 }
-                if sync == Sync::WarmStart {
+                if std::mem::take(&mut self.ready_when_following) {
                     self.readiness.set(true).await;
                 }
             }
@@ -206,6 +254,8 @@ impl ChangeFeed {
         let (sequence, incarnation) = (page.as_of_sequence, page.incarnation.clone());
         // Whatever was stored before the first sync, or from another history, cannot be vouched for.
         let history_changed = self.incarnation.as_ref() != Some(&incarnation);
+        // From here until the sync ends the stores are in no single position of the core's history.
+        self.state.set_incarnation(None);
         let reason = match sync {
             _ if history_changed && self.incarnation.is_some() => Some(ResyncReason::CoreRestarted),
             Sync::Resync(reason) => Some(reason),
@@ -213,8 +263,9 @@ impl ChangeFeed {
         };
         self.cache.begin_resync(history_changed).await;
         if sync == Sync::ColdStart {
-            self.incarnation = Some(incarnation);
             self.state.restart_at(sequence);
+            self.state.set_incarnation(Some(&incarnation));
+            self.incarnation = Some(incarnation);
             tracing::info!(sequence, "feed: cold start; following changes");
             return Ok(());
         }
@@ -242,8 +293,9 @@ impl ChangeFeed {
             page = next_pages.recv().await.unwrap_or_else(|| Err(Status::aborted("the snapshot reader stopped")))?;
         }
         self.cache.finish_resync(sequence).await;
-        self.incarnation = Some(incarnation);
         self.state.restart_at(sequence);
+        self.state.set_incarnation(Some(&incarnation));
+        self.incarnation = Some(incarnation);
         if let Some(reason) = reason {
             self.metrics.count_resync(reason);
             self.state.record_resync(reason);
@@ -262,6 +314,9 @@ impl ChangeFeed {
         };
         self.state.mark_connected();
         self.readiness.set_feed(true).await;
+        if std::mem::take(&mut self.ready_when_following) {
+            self.readiness.set(true).await;
+        }
         tracing::info!(after, source, "feed: following changes");
         let mut applied_any = false;
         let mut last_progress = Instant::now();

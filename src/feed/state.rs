@@ -28,6 +28,9 @@ pub struct FeedState {
     behind_since: AtomicU64,
     /// The last resync after the first sync, for explaining answers.
     last_resync: parking_lot::Mutex<Option<(Instant, ResyncReason)>>,
+    /// The core history `applied` belongs to; `None` until known and while a sync replaces the stores
+    /// (for the local snapshot, which may only claim a position the stores are at).
+    incarnation: parking_lot::Mutex<Option<std::sync::Arc<str>>>,
 }
 
 /// How far the edge trails the core.
@@ -56,6 +59,7 @@ impl FeedState {
             down_since: AtomicU64::new(0),
             behind_since: AtomicU64::new(NEVER),
             last_resync: parking_lot::Mutex::new(None),
+            incarnation: parking_lot::Mutex::new(None),
         }
     }
 
@@ -170,6 +174,16 @@ impl FeedState {
             && self
                 .decode(self.behind_since.load(Ordering::Acquire))
                 .is_some_and(|since| now.saturating_duration_since(since) >= patience)
+    }
+
+    /// Records which core history the applied sequence belongs to (`None`: unknown, or being replaced).
+    pub fn set_incarnation(&self, incarnation: Option<&str>) {
+        *self.incarnation.lock() = incarnation.map(std::sync::Arc::from);
+    }
+
+    /// The core history the applied sequence belongs to, when the stores are in step with one.
+    pub fn incarnation(&self) -> Option<std::sync::Arc<str>> {
+        self.incarnation.lock().clone()
     }
 
     /// Remembers a resync, for explaining answers.

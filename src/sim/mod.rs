@@ -46,6 +46,7 @@ impl Simulator {
             &[crate::pb::CORE_DESCRIPTOR_SET],
             &[crate::pb::merchant_core_server::SERVICE_NAME, crate::pb::core_admin_server::SERVICE_NAME],
         );
+        self.state.open_streams();
         tonic::transport::Server::builder()
             .add_service(MerchantCoreServer::new(CoreService(self.state.clone())))
             .add_service(CoreAdminServer::new(AdminService(self.state.clone())))

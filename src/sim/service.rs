@@ -60,6 +60,12 @@ impl SimState {
         })
     }
 
+    /// Lets change streams run (a simulator served again after a stop keeps its history, as a core
+    /// process restarted on the same database would).
+    pub fn open_streams(&self) {
+        self.closing.send_replace(false);
+    }
+
     /// Ends every open change stream (the server is shutting down).
     pub fn close_streams(&self) {
         self.closing.send_replace(true);

@@ -141,6 +141,16 @@ impl Stores {
         }
     }
 
+    /// Empty stores whose positive store can hold entries learned as early as `epoch` (a restore from a
+    /// local snapshot holds merchants learned before the process started).
+    pub(super) fn with_epoch(capacities: Capacities, epoch: Instant, metrics: &CacheMetrics) -> Self {
+        Self {
+            positive: positive_store(capacities.positive, epoch, metrics),
+            negative: negative_store(capacities.negative, metrics),
+            capacities,
+        }
+    }
+
     /// New stores holding every entry of `old` that fits (the caller keeps writers out meanwhile). When
     /// shrinking, each store's eviction policy decides which entries stay.
     pub(super) fn migrated(capacities: Capacities, metrics: &CacheMetrics, old: &Stores) -> Self {
@@ -183,6 +193,11 @@ impl Stores {
             self.negative.invalidate(&id);
         }
         self.positive.insert(&id, &entry);
+    }
+
+    /// Stores a merchant in stores being restored, which hold no "not found" to forget.
+    pub(super) fn restore_positive(&self, id: &str, entry: &PositiveEntry) {
+        self.positive.insert(id, entry);
     }
 
     /// Stores a "not found" and forgets any merchant for that ID (`held` is what [`Self::stored`] said).
@@ -229,6 +244,17 @@ impl Stores {
     /// they were deleted while the feed was out of step.
     pub(super) fn drop_positives_older_than(&self, sequence: u64) {
         self.positive.remove_where(|entry| entry.as_of_sequence < sequence);
+    }
+
+    /// How many parts [`Self::for_each_positive_in_shard`] splits the merchants into.
+    pub fn positive_shards(&self) -> usize {
+        self.positive.shard_count()
+    }
+
+    /// Every merchant of one part (of [`Self::positive_shards`]), read under that part's lock only:
+    /// lookups keep reading meanwhile, and nothing is held between parts.
+    pub fn for_each_positive_in_shard(&self, shard: usize, visit: impl FnMut(&str, PositiveEntry)) {
+        self.positive.for_each_in_shard(shard, visit);
     }
 
     /// Entry counts (positive, negative), after running moka's pending maintenance (until it has run,
