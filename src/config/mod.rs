@@ -14,6 +14,11 @@ pub use crate::feed::FeedConfig;
 pub use crate::guard::ProtectConfig;
 use crate::merchant_id::IdRule;
 pub use crate::snapshot::SnapshotConfig;
+use locate::{key_at_offset, line_of_key, line_of_offset, render_problems, syntax_message};
+
+mod locate;
+mod restart;
+mod validate;
 
 /// The config in force, swapped whole by a reload; subsystems read it when they use a setting.
 pub type LiveConfig = std::sync::Arc<ArcSwap<Config>>;
@@ -311,23 +316,6 @@ pub struct Problem {
     pub message: String,
 }
 
-fn render_problems(origin: &str, problems: &[Problem]) -> String {
-    let lines: Vec<String> = problems
-        .iter()
-        .map(|p| {
-            let place = match p.line {
-                Some(line) => format!("{origin}:{line}"),
-                None => origin.to_owned(),
-            };
-            match &p.key {
-                Some(key) => format!("{place}: {key}: {}", p.message),
-                None => format!("{place}: {}", p.message),
-            }
-        })
-        .collect();
-    format!("invalid config:\n  {}", lines.join("\n  "))
-}
-
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -356,142 +344,6 @@ impl Config {
         } else {
             Err(invalid(problems))
         }
-    }
-
-    /// Checks what the types alone cannot: ranges and combinations of keys.
-    fn semantic_problems(&self) -> Vec<(&'static str, String)> {
-        let mut problems = Vec::new();
-        if self.server.listen == self.admin.listen && self.server.listen.port() != 0 {
-            problems.push(("admin.listen", format!("must differ from server.listen ({})", self.server.listen)));
-        }
-        // Bounds keep every duration usable by the timers and clocks downstream (tonic panics on
-        // "unrealistically large" timeouts) and catch unit slips such as "30" days for "30s".
-        let (ms, hour, year) = (Duration::from_millis(1), Duration::from_secs(3600), Duration::from_secs(31_536_000));
-        let up_to_an_hour = (ms, hour, "1ms and 1h");
-        let up_to_a_year = (ms, year, "1ms and 365d");
-        for (key, value, (min, max, range)) in [
-            ("server.shutdown_grace", self.server.shutdown_grace, up_to_an_hour),
-            ("upstream.timeout", self.upstream.timeout, up_to_an_hour),
-            ("protect.retry_backoff", self.protect.retry_backoff, up_to_an_hour),
-            ("protect.breaker_open_for", self.protect.breaker_open_for, up_to_an_hour),
-            ("cache.serve_stale_for", self.cache.serve_stale_for, (Duration::ZERO, year, "0s and 365d")),
-            ("upstream.connect_timeout", self.upstream.connect_timeout, up_to_an_hour),
-            ("cache.positive_ttl", self.cache.positive_ttl, up_to_a_year),
-            ("cache.negative_ttl", self.cache.negative_ttl, up_to_a_year),
-            ("feed.negative_ttl_when_down", self.feed.negative_ttl_when_down, (Duration::ZERO, year, "0s and 365d")),
-            ("feed.reconnect_initial_backoff", self.feed.reconnect_initial_backoff, up_to_an_hour),
-            ("feed.reconnect_max_backoff", self.feed.reconnect_max_backoff, up_to_an_hour),
-            ("feed.stall_timeout", self.feed.stall_timeout, (100 * ms, hour, "100ms and 1h")),
-            // A lookup holds its caller this long at most before the core is asked: beyond a minute a
-            // terminal has long given up.
-            ("feed.fresh_wait", self.feed.fresh_wait, (Duration::ZERO, Duration::from_secs(60), "0s and 1m")),
-            ("reload.debounce", self.reload.debounce, (50 * ms, Duration::from_secs(60), "50ms and 1m")),
-            (
-                "snapshot.interval",
-                self.snapshot.interval,
-                (Duration::from_secs(1), Duration::from_secs(86_400), "1s and 1d"),
-            ),
-        ] {
-            if value < min || value > max {
-                problems.push((key, format!("must be between {range}")));
-            }
-        }
-        if self.feed.reconnect_max_backoff < self.feed.reconnect_initial_backoff {
-            problems.push((
-                "feed.reconnect_max_backoff",
-                "must not be shorter than feed.reconnect_initial_backoff".to_owned(),
-            ));
-        }
-        if self.feed.negative_ttl_when_down > self.cache.negative_ttl {
-            problems.push((
-                "feed.negative_ttl_when_down",
-                format!("must not exceed cache.negative_ttl ({:?})", self.cache.negative_ttl),
-            ));
-        }
-        problems.extend(self.feed_source_problems());
-        if self.upstream.endpoint == UpstreamEndpoint::Embedded && self.upstream.embedded_merchants > MAX_EMBEDDED {
-            problems.push(("upstream.embedded_merchants", format!("must be at most {MAX_EMBEDDED}")));
-        }
-        match (self.server.runtime, self.server.threads) {
-            (ServerRuntime::Shared, Some(_)) => problems.push((
-                "server.threads",
-                "applies only to server.runtime = \"per-core\" (the shared runtime has one worker per core)".to_owned(),
-            )),
-            (_, Some(threads)) if threads.get() > MAX_SERVER_THREADS => {
-                problems.push(("server.threads", format!("must be at most {MAX_SERVER_THREADS}")));
-            }
-            _ => {}
-        }
-        if let Some(key) = &self.protect.client_key {
-            if tonic::metadata::MetadataKey::<tonic::metadata::Ascii>::from_bytes(key.as_bytes()).is_err()
-                || key.ends_with("-bin")
-            {
-                problems.push((
-                    "protect.client_key",
-                    format!("`{key}` is not an ASCII gRPC metadata key (lowercase letters, digits, - _ .)"),
-                ));
-            }
-        }
-        // allow_remote_changes without a token file is accepted (remote calls are then refused with a
-        // message saying to set it), but require_token without one would lock every caller out.
-        if self.admin.require_token && self.admin.token_file.is_none() {
-            problems.push((
-                "admin.require_token",
-                "needs admin.token_file: the file holding the bearer token every caller must send".to_owned(),
-            ));
-        }
-        if let Err(message) = self.merchant_id.validate() {
-            problems.push(("merchant_id", message));
-        }
-        if let Err(message) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            problems.push(("log.level", format!("is not a valid level or filter: {message}")));
-        }
-        problems
-    }
-
-    /// What `feed.source = "nats"` needs: servers, a stream and subject, and one way to log in.
-    fn feed_source_problems(&self) -> Vec<(&'static str, String)> {
-        let feed = &self.feed;
-        let mut problems = Vec::new();
-        if feed.source != crate::feed::SourceKind::Nats {
-            return problems;
-        }
-        if feed.nats_url.split(',').all(|url| url.trim().is_empty()) {
-            problems.push(("feed.nats_url", "must name a NATS server, like nats://10.0.0.7:4222".to_owned()));
-        }
-        for (key, value) in [("feed.nats_stream", &feed.nats_stream), ("feed.nats_subject", &feed.nats_subject)] {
-            if value.is_empty() || value.contains(char::is_whitespace) {
-                problems.push((key, "must be a NATS name without spaces".to_owned()));
-            }
-        }
-        if feed.nats_subject.contains(['*', '>']) {
-            problems.push(("feed.nats_subject", "must be the relay's literal subject, without wildcards".to_owned()));
-        }
-        if feed.nats_creds_file.is_some() && feed.nats_user.is_some() {
-            problems.push(("feed.nats_user", "conflicts with feed.nats_creds_file: log in one way".to_owned()));
-        }
-        if feed.nats_user.is_some() != feed.nats_password_file.is_some() {
-            let key = if feed.nats_user.is_some() { "feed.nats_user" } else { "feed.nats_password_file" };
-            problems.push((key, "feed.nats_user and feed.nats_password_file go together".to_owned()));
-        }
-        let timeout = feed.nats_request_timeout;
-        if timeout < Duration::from_millis(10) || timeout > Duration::from_secs(3600) {
-            problems.push(("feed.nats_request_timeout", "must be between 10ms and 1h".to_owned()));
-        }
-        problems
-    }
-
-    /// The keys whose change takes a restart, with their values here.
-    pub fn restart_only(&self) -> Vec<(&'static str, String)> {
-        RESTART_ONLY.iter().map(|key| (key.key, (key.show)(self))).collect()
-    }
-
-    /// `self` with every restart-only setting taken from `running` (what a reload can apply).
-    pub fn with_restart_only_from(mut self, running: &Config) -> Self {
-        for key in RESTART_ONLY {
-            (key.keep)(&mut self, running);
-        }
-        self
     }
 
     /// Dotted keys whose effective values differ between two configs.
@@ -525,130 +377,6 @@ impl Config {
     }
 }
 
-/// A setting that only takes effect at start: how to show its value, and how a reload keeps the
-/// running one.
-struct RestartOnly {
-    key: &'static str,
-    show: fn(&Config) -> String,
-    keep: fn(&mut Config, &Config),
-}
-
-/// Every restart-only key, listed once.
-const RESTART_ONLY: &[RestartOnly] = &[
-    RestartOnly {
-        key: "server.listen",
-        show: |c| c.server.listen.to_string(),
-        keep: |c, running| c.server.listen = running.server.listen,
-    },
-    RestartOnly {
-        key: "server.max_request_bytes",
-        show: |c| c.server.max_request_bytes.to_string(),
-        keep: |c, running| c.server.max_request_bytes = running.server.max_request_bytes,
-    },
-    RestartOnly {
-        key: "server.max_concurrent_streams",
-        show: |c| c.server.max_concurrent_streams.to_string(),
-        keep: |c, running| c.server.max_concurrent_streams = running.server.max_concurrent_streams,
-    },
-    // The serving runtimes and their sockets are built once, at start.
-    RestartOnly {
-        key: "server.runtime",
-        show: |c| format!("{:?}", c.server.runtime),
-        keep: |c, running| c.server.runtime = running.server.runtime,
-    },
-    RestartOnly {
-        key: "server.threads",
-        show: |c| c.server.threads.map_or_else(|| "one per core".to_owned(), |threads| threads.to_string()),
-        keep: |c, running| c.server.threads = running.server.threads,
-    },
-    // Certificates are re-read on reload; turning TLS on or off takes a restart.
-    RestartOnly {
-        key: "server.tls",
-        show: |c| if c.server.tls.is_some() { "on".into() } else { "off".into() },
-        keep: |c, running| {
-            if c.server.tls.is_some() != running.server.tls.is_some() {
-                c.server.tls = running.server.tls.clone();
-            }
-        },
-    },
-    RestartOnly {
-        key: "admin.listen",
-        show: |c| c.admin.listen.to_string(),
-        keep: |c, running| c.admin.listen = running.admin.listen,
-    },
-    RestartOnly {
-        key: "upstream.endpoint",
-        show: |c| c.upstream.endpoint.to_string(),
-        keep: |c, running| c.upstream.endpoint = running.upstream.endpoint.clone(),
-    },
-    RestartOnly {
-        key: "upstream.connect_timeout",
-        show: |c| format!("{:?}", c.upstream.connect_timeout),
-        keep: |c, running| c.upstream.connect_timeout = running.upstream.connect_timeout,
-    },
-    RestartOnly {
-        key: "upstream.embedded_merchants",
-        show: |c| c.upstream.embedded_merchants.to_string(),
-        keep: |c, running| c.upstream.embedded_merchants = running.upstream.embedded_merchants,
-    },
-    // Only the start reads it: whether to report ready before the core answers.
-    RestartOnly {
-        key: "snapshot.ready_when_core_down",
-        show: |c| c.snapshot.ready_when_core_down.to_string(),
-        keep: |c, running| c.snapshot.ready_when_core_down = running.snapshot.ready_when_core_down,
-    },
-    // The feed opens its notice source once; the NATS connection (servers, login, TLS) with it.
-    RestartOnly {
-        key: "feed.source",
-        show: |c| c.feed.source.as_str().to_owned(),
-        keep: |c, running| c.feed.source = running.feed.source,
-    },
-    RestartOnly {
-        key: "feed.nats_*",
-        show: |c| {
-            let feed = &c.feed;
-            let path = |p: &Option<PathBuf>| p.as_ref().map_or("-".to_owned(), |p| p.display().to_string());
-            format!(
-                "url {} stream {} subject {} creds {} user {} password file {} tls ca {} timeout {:?}",
-                feed.nats_url,
-                feed.nats_stream,
-                feed.nats_subject,
-                path(&feed.nats_creds_file),
-                feed.nats_user.as_deref().unwrap_or("-"),
-                path(&feed.nats_password_file),
-                path(&feed.nats_tls_ca),
-                feed.nats_request_timeout
-            )
-        },
-        keep: |c, running| {
-            let (feed, running) = (&mut c.feed, &running.feed);
-            feed.nats_url.clone_from(&running.nats_url);
-            feed.nats_stream.clone_from(&running.nats_stream);
-            feed.nats_subject.clone_from(&running.nats_subject);
-            feed.nats_creds_file.clone_from(&running.nats_creds_file);
-            feed.nats_user.clone_from(&running.nats_user);
-            feed.nats_password_file.clone_from(&running.nats_password_file);
-            feed.nats_tls_ca.clone_from(&running.nats_tls_ca);
-            feed.nats_request_timeout = running.nats_request_timeout;
-        },
-    },
-    RestartOnly {
-        key: "log.format",
-        show: |c| format!("{:?}", c.log.format),
-        keep: |c, running| c.log.format = running.log.format,
-    },
-    RestartOnly {
-        key: "reload.watch_file",
-        show: |c| c.reload.watch_file.to_string(),
-        keep: |c, running| c.reload.watch_file = running.reload.watch_file,
-    },
-    RestartOnly {
-        key: "reload.debounce",
-        show: |c| format!("{:?}", c.reload.debounce),
-        keep: |c, running| c.reload.debounce = running.reload.debounce,
-    },
-];
-
 fn flatten_into(keys: &mut std::collections::BTreeMap<String, String>, prefix: &str, table: &toml::Table) {
     for (key, value) in table {
         let dotted = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
@@ -665,63 +393,6 @@ fn flatten_into(keys: &mut std::collections::BTreeMap<String, String>, prefix: &
 /// 12-digit index of the synthetic ID scheme.
 pub const MAX_EMBEDDED: u64 = 999_999_999_999;
 
-/// toml's message for a syntax error, or, where toml gives none (a key with no value at the very end,
-/// as in a file cut short; a bare carriage return; a control character in a comment), what is at the
-/// error, so the operator is never shown a location with nothing after it.
-fn syntax_message(error: &toml::de::Error, text: &str) -> String {
-    let message = error.message().trim_end();
-    if !message.is_empty() {
-        return message.to_owned();
-    }
-    match error.span().and_then(|span| text.get(span.start..)?.chars().next()) {
-        Some(found) => format!("invalid TOML syntax at {found:?}"),
-        None => "invalid TOML syntax: the text ends where more was expected".to_owned(),
-    }
-}
-
-fn line_of_offset(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
-}
-
-/// The dotted key written at `offset` (its name or its value), for error messages.
-fn key_at_offset(text: &str, offset: usize) -> Option<String> {
-    fn walk(table: &toml_edit::Table, prefix: &str, offset: usize) -> Option<String> {
-        for (key, item) in table.iter() {
-            let dotted = if prefix.is_empty() { key.to_owned() } else { format!("{prefix}.{key}") };
-            if let Some(inner) = item.as_table() {
-                if let Some(found) = walk(inner, &dotted, offset) {
-                    return Some(found);
-                }
-                continue;
-            }
-            let covers = |span: Option<std::ops::Range<usize>>| span.is_some_and(|span| span.contains(&offset));
-            if covers(table.key(key).and_then(|k| k.span())) || covers(item.span()) {
-                return Some(dotted);
-            }
-        }
-        None
-    }
-    let doc = toml_edit::ImDocument::parse(text).ok()?;
-    walk(doc.as_table(), "", offset)
-}
-
-/// Finds the line where a dotted key (or, failing that, its table) is written, for error messages.
-fn line_of_key(text: &str, dotted: &str) -> Option<usize> {
-    let doc = toml_edit::ImDocument::parse(text).ok()?;
-    let mut item = doc.as_item();
-    let mut span = None;
-    for part in dotted.split('.') {
-        match item.get(part) {
-            Some(next) => {
-                item = next;
-                span = next.span().or(span);
-            }
-            None => break,
-        }
-    }
-    span.map(|span| line_of_offset(text, span.start))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -736,7 +407,7 @@ mod tests {
 
     #[test]
     fn the_example_file_parses_to_the_defaults() {
-        let example = include_str!("../config/example.toml");
+        let example = include_str!("../../config/example.toml");
         assert_eq!(Config::parse(example, "example.toml").unwrap(), Config::default());
     }
 
@@ -903,7 +574,7 @@ mod tests {
 
         use super::*;
 
-        const EXAMPLE: &str = include_str!("../config/example.toml");
+        const EXAMPLE: &str = include_str!("../../config/example.toml");
 
         /// What a key holds, so generated documents mostly have plausible values and some get through
         /// validation (only those exercise the round trip).
