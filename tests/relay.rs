@@ -28,19 +28,12 @@ use tokio::task::JoinHandle;
 const PATIENCE: Duration = Duration::from_secs(30);
 
 /// Polls `attempt` until it yields a value; fails the test after [`PATIENCE`].
-async fn eventually<T, F, Fut>(what: &str, mut attempt: F) -> T
+async fn eventually<T, F, Fut>(what: &str, attempt: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = attempt().await {
-            return value;
-        }
-        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::eventually_within(PATIENCE, what, attempt).await
 }
 
 /// A relay config for tests: fast reconnects and stall checks.

@@ -10,32 +10,23 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::message::ResyncReason;
+use crate::metric_labels::label_values;
 
-/// Which side of the relay a reconnect or failure is on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Side {
-    Core,
-    Nats,
-}
-
-impl EncodeLabelValue for Side {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
-        std::fmt::Write::write_str(encoder, if *self == Self::Core { "core" } else { "nats" })
+label_values! {
+    /// Which side of the relay a reconnect or failure is on.
+    pub Side {
+        Core => "core",
+        Nats => "nats",
     }
 }
 
-/// How the stream refused a copy of something already in it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RefusedBy {
-    /// `Nats-Msg-Id` seen within the duplicate window: the server acknowledged without storing.
-    MsgId,
-    /// `Nats-Expected-Last-Subject-Sequence` did not match: another relay appended first.
-    ExpectedLast,
-}
-
-impl EncodeLabelValue for RefusedBy {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
-        std::fmt::Write::write_str(encoder, if *self == Self::MsgId { "msg_id" } else { "expected_last" })
+label_values! {
+    /// How the stream refused a copy of something already in it.
+    pub RefusedBy {
+        /// `Nats-Msg-Id` seen within the duplicate window: the server acknowledged without storing.
+        MsgId => "msg_id",
+        /// `Nats-Expected-Last-Subject-Sequence` did not match: another relay appended first.
+        ExpectedLast => "expected_last",
     }
 }
 

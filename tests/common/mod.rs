@@ -172,12 +172,21 @@ where
 }
 
 /// Polls `attempt` until it yields a value; fails the test after 10 s of real time.
-pub async fn eventually<T, F, Fut>(what: &str, mut attempt: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, attempt: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    eventually_within(Duration::from_secs(10), what, attempt).await
+}
+
+/// Polls `attempt` until it yields a value; fails the test after `patience` of real time.
+pub async fn eventually_within<T, F, Fut>(patience: Duration, what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + patience;
     loop {
         if let Some(value) = attempt().await {
             return value;
