@@ -117,7 +117,7 @@ fn path_segment(id: &str) -> String {
 }
 
 /// Asks a running edge's admin endpoint to explain `id` and prints the checklist and the verdict, one
-/// aligned line per step (see [`crate::checklist`]), or with `json` the admin endpoint's report as one
+/// aligned line per step (the `checklist` module), or with `json` the admin endpoint's report as one
 /// JSON document on one line, for scripts.
 /// `token_file` holds the admin bearer token, for an edge with `admin.require_token` (or reached from
 /// another machine). `min_sequence` adds a consistency token to check: the applied sequence against

@@ -1,7 +1,7 @@
 //! The local snapshot: what the edge holds, on disk, so that an edge restarted while the bank core is
 //! unreachable still answers, and resumes the change feed from where it was instead of reloading.
 //!
-//! - [`format`]: the file (a versioned header, length-delimited protobuf records, a checksummed
+//! - [`mod@format`]: the file (a versioned header, length-delimited protobuf records, a checksummed
 //!   trailer); [`writer`]: written crash-safe (temporary file, fsync, rename, directory fsync);
 //!   [`loader`]: read back whole or not at all; [`inspect`]: `merchant-edge snapshot inspect FILE`.
 //! - [`Snapshots`] ties them to a running edge: at start it restores the stores through the cache
