@@ -23,24 +23,12 @@ use merchant_edge::pb::{DeleteMerchantRequest, Merchant, Source, UpsertMerchantR
 use merchant_edge::relay::{self, Entry, Position, Relay, RelayConfig, RelayError, DEFAULT_STREAM, DEFAULT_SUBJECT};
 use merchant_edge::server::RunningEdge;
 use merchant_edge::sim::Simulator;
-use nats::NatsServer;
+use nats::{eventually, NatsServer, PATIENCE};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
-
-/// Longest any condition here may take (a broker restart included).
-const PATIENCE: Duration = Duration::from_secs(30);
-
-/// Polls `attempt` until it yields a value; fails the test after [`PATIENCE`].
-async fn eventually<T, F, Fut>(what: &str, attempt: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    common::eventually_within(PATIENCE, what, attempt).await
-}
 
 fn relay_config(core: &Core, nats_url: &str) -> RelayConfig {
     let mut config = RelayConfig::new(core.url(), nats_url);

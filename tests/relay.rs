@@ -20,21 +20,9 @@ use merchant_edge::relay::{
 };
 use merchant_edge::relay::{Appended, Publisher, DEFAULT_STREAM, DEFAULT_SUBJECT};
 use merchant_edge::sim::Simulator;
-use nats::{NatsServer, Tls, User};
+use nats::{eventually, NatsServer, Tls, User, PATIENCE};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-
-/// Longest any condition in these tests may take (a broker restart included).
-const PATIENCE: Duration = Duration::from_secs(30);
-
-/// Polls `attempt` until it yields a value; fails the test after [`PATIENCE`].
-async fn eventually<T, F, Fut>(what: &str, attempt: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    common::eventually_within(PATIENCE, what, attempt).await
-}
 
 /// A relay config for tests: fast reconnects and stall checks.
 fn relay_config(core: &Core, nats: &NatsServer) -> RelayConfig {

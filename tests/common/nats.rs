@@ -9,6 +9,18 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
+/// Longest any condition in the fleet and relay tests may take (a broker restart included).
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Polls `attempt` until it yields a value; fails the test after [`PATIENCE`].
+pub async fn eventually<T, F, Fut>(what: &str, attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    crate::common::eventually_within(PATIENCE, what, attempt).await
+}
+
 /// Where Debian's package (and `scripts/test.sh`) installs the server.
 const NATS_SERVER: &str = "nats-server";
 
