@@ -51,6 +51,12 @@ impl EncodedMerchant {
         self.bytes.clone()
     }
 
+    /// The encoded bytes, borrowed: for writers that copy them anyway (a clone of a freshly encoded
+    /// buffer would first promote it to a shared, separately allocated one).
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// Heap bytes held for the encoded record.
     pub fn len(&self) -> usize {
         self.bytes.len()

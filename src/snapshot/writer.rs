@@ -142,7 +142,7 @@ fn write_temporary(path: &Path, header: &Header, stores: &Stores, clocks: Clocks
     for shard in 0..stores.positive_shards() {
         stores.for_each_positive_in_shard(shard, |_, entry| {
             let learned_at = clocks.unix_ms_of(entry.learned_at);
-            format::encode_record(&mut buffer, &entry.merchant.bytes(), entry.as_of_sequence, learned_at);
+            format::encode_record(&mut buffer, entry.merchant.as_slice(), entry.as_of_sequence, learned_at);
             merchants += 1;
         });
         out.write_all(&buffer).map_err(failed)?;

@@ -314,8 +314,7 @@ impl PositiveStore {
     /// Stores or replaces the merchant for `id`, evicting another entry if the shard is full.
     pub fn insert(&self, id: &str, entry: &PositiveEntry) {
         let key = Key::of(id);
-        let merchant = entry.merchant.bytes();
-        let (record, form) = stored_form(id.as_bytes(), &merchant);
+        let (record, form) = stored_form(id.as_bytes(), entry.merchant.as_slice());
         // A text ID leads its record; a packed one lives in the slot.
         let head = match key {
             Key::Digits { .. } => &[][..],
