@@ -12,6 +12,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use merchant_edge::cache::{Cache, CacheConfig, CacheMetrics};
 use merchant_edge::live;
 use merchant_edge::sim::dataset::{synthetic_id, synthetic_merchant};
+use merchant_edge::wire::ListedMerchants;
 use tokio::time::Instant;
 
 // The server's allocator, so that stores are laid out in memory as the edge lays them out (mimalloc
@@ -77,7 +78,8 @@ fn merchants(runtime: &tokio::runtime::Runtime, entries: u64) -> Cache {
     let cache = Cache::new(live::fixed(settings), CacheMetrics::default());
     runtime.block_on(async {
         for first in (0..entries).step_by(5000) {
-            let page = (first..(first + 5000).min(entries)).map(synthetic_merchant).collect();
+            let page: Vec<_> = (first..(first + 5000).min(entries)).map(synthetic_merchant).collect();
+            let page = ListedMerchants::encode(&page);
             cache.install_snapshot_page(page, 1, true).await;
         }
     });

@@ -11,6 +11,7 @@ use merchant_edge::live;
 use merchant_edge::merchant_id::IdRule;
 use merchant_edge::sim::dataset::synthetic_merchant;
 use merchant_edge::snapshot::{SnapshotConfig, SnapshotMetrics, SnapshotParts, Snapshots};
+use merchant_edge::wire::ListedMerchants;
 
 /// As the binary does (src/main.rs): the figures are the binary's.
 #[global_allocator]
@@ -40,7 +41,8 @@ async fn main() {
     let filling = Instant::now();
     let page: u64 = 10_000;
     for start in (0..merchants).step_by(page as usize) {
-        let batch = (start..(start + page).min(merchants)).map(synthetic_merchant).collect();
+        let batch: Vec<_> = (start..(start + page).min(merchants)).map(synthetic_merchant).collect();
+        let batch = ListedMerchants::encode(&batch);
         cache.install_snapshot_page(batch, 0, true).await;
     }
     println!("filled {merchants} merchants in {:?}", filling.elapsed());

@@ -213,7 +213,7 @@ impl Edge {
         });
         let source = crate::feed::source_for(&config.feed, core.grpc()).await?;
         let mut change_feed = ChangeFeed::new(FeedParts {
-            core: core.grpc(),
+            core: core.listing(),
             source,
             cache: cache.clone(),
             state: feed.clone(),

@@ -6,6 +6,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::pb::merchant_core_client::MerchantCoreClient;
 use crate::pb::{GetMerchantRequest, Merchant};
+use crate::wire::ListingClient;
 
 /// Initial-metadata key of WatchChanges responses naming the core's history incarnation.
 pub const INCARNATION_HEADER: &str = "x-core-incarnation";
@@ -37,6 +38,8 @@ pub struct CoreAnswer {
 /// The client of the core's MerchantCore contract.
 pub struct CoreClient {
     client: MerchantCoreClient<Channel>,
+    /// The same connection, for snapshot pages kept as the core encoded them.
+    listing: ListingClient<Channel>,
 }
 
 impl CoreClient {
@@ -49,12 +52,18 @@ impl CoreClient {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_while_idle(true);
-        Ok(Self { client: MerchantCoreClient::new(endpoint.connect_lazy()) })
+        let channel = endpoint.connect_lazy();
+        Ok(Self { client: MerchantCoreClient::new(channel.clone()), listing: ListingClient::new(channel) })
     }
 
-    /// The underlying gRPC client, for the change feed and snapshot reads.
+    /// The underlying gRPC client, for the change feed.
     pub fn grpc(&self) -> MerchantCoreClient<Channel> {
         self.client.clone()
+    }
+
+    /// A client of the same connection for snapshot reads (see [`crate::wire::ListedMerchant`]).
+    pub fn listing(&self) -> ListingClient<Channel> {
+        self.listing.clone()
     }
 
     /// Reads one merchant, giving up after `timeout` (the config's `upstream.timeout` at call time).

@@ -71,9 +71,10 @@ async fn restarted_with_the_core_down_it_answers_what_it_held_then_resumes_witho
     let config = snapshot_config(&core.url(), &path);
     let edge = start_following_edge(config.clone()).await;
     wait_until("warm", || async { edge.readiness.is_ready() }).await;
-    let learned = std::time::Instant::now();
     let changed = upsert(&core, OTHER, "Changed Before The Restart").await;
     wait_caught_up(&edge, &core).await;
+    // Taken once the edge has the change, so its true age can only be longer than what this measures.
+    let learned = std::time::Instant::now();
     edge.shutdown().await.unwrap();
     let written = verify(&path).unwrap();
     assert_eq!((written.header.sequence, written.merchants), (changed, 1000), "the drain wrote what the edge held");

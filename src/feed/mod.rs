@@ -26,6 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::Status;
@@ -43,9 +44,10 @@ use crate::backoff::Backoff;
 use crate::cache::Cache;
 use crate::live::Live;
 use crate::pb::merchant_core_client::MerchantCoreClient;
-use crate::pb::{ChangeNotice, ListMerchantsRequest, ListMerchantsResponse};
+use crate::pb::ChangeNotice;
 use crate::readiness::Readiness;
 use crate::upstream::describe_status;
+use crate::wire::{ListedMerchants, ListingClient, ListingPage, ListingRequest};
 
 /// Aborts a helper task when the sync that started it ends early (an error, or being cancelled).
 struct AbortOnDrop(tokio::task::AbortHandle);
@@ -56,14 +58,32 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// A snapshot page whose merchants were checked (see [`ListedMerchants::check`]).
+struct Page {
+    merchants: ListedMerchants,
+    next_page_token: String,
+    as_of_sequence: u64,
+    incarnation: String,
+}
+
+/// Reads one snapshot page and checks its merchants: a page with one the edge could not answer with
+/// fails whole, like a page that does not decode, and the sync is retried.
+async fn read_page(core: &mut ListingClient<Channel>, request: ListingRequest) -> Result<Page, Status> {
+    let page = core.list_merchants(request).await?.into_inner();
+    let merchants =
+        ListedMerchants::check(page.merchants).map_err(|malformed| Status::data_loss(malformed.to_string()))?;
+    let ListingPage { next_page_token, as_of_sequence, incarnation, .. } = page;
+    Ok(Page { merchants, next_page_token, as_of_sequence, incarnation })
+}
+
 /// Reads snapshot pages from `request` on, in order, until the last one or an error.
 async fn fetch_pages(
-    mut core: MerchantCoreClient<Channel>,
-    mut request: ListMerchantsRequest,
-    pages: mpsc::Sender<Result<ListMerchantsResponse, Status>>,
+    mut core: ListingClient<Channel>,
+    mut request: ListingRequest,
+    pages: mpsc::Sender<Result<Page, Status>>,
 ) {
     loop {
-        let page = core.list_merchants(request.clone()).await.map(tonic::Response::into_inner);
+        let page = read_page(&mut core, request.clone()).await;
         let next = match &page {
             Ok(page) if !page.next_page_token.is_empty() => Some(page.next_page_token.clone()),
             _ => None,
@@ -106,7 +126,7 @@ pub async fn source_for(
 /// readiness it reports, its live settings and its metrics.
 pub struct FeedParts {
     /// The core whose snapshots are read (warm start, resyncs).
-    pub core: MerchantCoreClient<Channel>,
+    pub core: ListingClient<Channel>,
     /// Where the notices come from (see [`source_for`]).
     pub source: Box<dyn NoticeSource>,
     /// Where changes are applied.
@@ -133,7 +153,7 @@ pub struct Position {
 
 /// Follows a notice source into the cache (snapshots from the core).
 pub struct ChangeFeed {
-    core: MerchantCoreClient<Channel>,
+    core: ListingClient<Channel>,
     source: Box<dyn NoticeSource>,
     cache: Arc<Cache>,
     state: Arc<FeedState>,
@@ -249,8 +269,8 @@ impl ChangeFeed {
         let started = Instant::now();
         let settings = self.settings();
         let page_size = if sync == Sync::ColdStart { 1 } else { settings.snapshot_page_size.get() };
-        let mut request = ListMerchantsRequest { page_size, page_token: String::new() };
-        let mut page = self.core.list_merchants(request.clone()).await?.into_inner();
+        let mut request = ListingRequest { page_size, page_token: String::new() };
+        let mut page = read_page(&mut self.core, request.clone()).await?;
         let (sequence, incarnation) = (page.as_of_sequence, page.incarnation.clone());
         // Whatever was stored before the first sync, or from another history, cannot be vouched for.
         let history_changed = self.incarnation.as_ref() != Some(&incarnation);
@@ -280,17 +300,34 @@ impl ChangeFeed {
             tokio::spawn(fetch_pages(self.core.clone(), request, pages).instrument(span))
         });
         let _stop_fetching = fetcher.map(|task| task.abort_handle()).map(AbortOnDrop);
+        // Before a warm start nothing is served yet, so pages install on every core at once (pages hold
+        // distinct IDs, so their order does not matter); a resync while serving installs one page at a
+        // time and leaves the other cores to lookups.
+        let installers = match sync {
+            Sync::WarmStart => std::thread::available_parallelism().map_or(1, usize::from),
+            _ => 1,
+        };
+        // Dropped with the sync, which aborts installs still running if it ends early.
+        let mut installing = JoinSet::new();
         loop {
             if page.incarnation != incarnation {
                 return Err(Status::aborted("the core restarted during the snapshot"));
             }
             merchants += page.merchants.len();
             let last = page.next_page_token.is_empty();
-            self.cache.install_snapshot_page(page.merchants, page.as_of_sequence, load_all).await;
+            if installing.len() == installers {
+                installing.join_next().await.expect("an install is running").expect("installing a page never panics");
+            }
+            let (cache, as_of_sequence) = (self.cache.clone(), page.as_of_sequence);
+            let install = async move { cache.install_snapshot_page(page.merchants, as_of_sequence, load_all).await };
+            installing.spawn(install.in_current_span());
             if last {
                 break;
             }
             page = next_pages.recv().await.unwrap_or_else(|| Err(Status::aborted("the snapshot reader stopped")))?;
+        }
+        while let Some(installed) = installing.join_next().await {
+            installed.expect("installing a page never panics");
         }
         self.cache.finish_resync(sequence).await;
         self.state.restart_at(sequence);

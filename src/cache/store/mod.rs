@@ -24,8 +24,8 @@ mod blocks;
 mod packed;
 mod positive;
 
-pub use positive::PositiveEntry;
 use positive::PositiveStore;
+pub use positive::{PositiveEntry, PositiveRecord};
 
 /// The core's "no such merchant".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,11 +188,11 @@ impl Stores {
     }
 
     /// Stores a merchant and forgets any "not found" for it (`held` is what [`Self::stored`] said).
-    pub(super) fn put_positive(&self, id: Arc<str>, entry: PositiveEntry, held: Option<Stored>) {
+    pub(super) fn put_positive(&self, id: &str, entry: PositiveRecord<'_>, held: Option<Stored>) {
         if !matches!(held, Some(Stored::Positive(_))) {
-            self.negative.invalidate(&id);
+            self.negative.invalidate(id);
         }
-        self.positive.insert(&id, &entry);
+        self.positive.insert_record(id, entry);
     }
 
     /// Stores a merchant in stores being restored, which hold no "not found" to forget.
@@ -292,7 +292,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn entries_expire_on_the_shorter_of_their_stamp_and_the_current_ttl() {
         let stores = stores(100);
-        stores.put_positive("a".into(), merchant("a"), None);
+        stores.put_positive("a", merchant("a").record(), None);
         stores.put_negative("b".into(), not_found(Duration::from_secs(5)), None);
         stores.put_negative("c".into(), not_found(Duration::from_millis(500)), None);
         tokio::time::advance(Duration::from_secs(1)).await;
@@ -311,7 +311,7 @@ mod tests {
     async fn positive_and_negative_exclude_each_other() {
         let stores = stores(100);
         stores.put_negative("a".into(), not_found(LONG), None);
-        stores.put_positive("a".into(), merchant("a"), None);
+        stores.put_positive("a", merchant("a").record(), None);
         assert!(stores.fresh_negative("a", Instant::now(), LONG).is_none());
         stores.put_negative("a".into(), not_found(LONG), None);
         assert!(stores.fresh_positive("a", Instant::now(), LONG).is_none());
@@ -323,7 +323,7 @@ mod tests {
     async fn a_flood_of_unknown_ids_cannot_evict_merchants() {
         let stores = stores(50);
         for i in 0..100 {
-            stores.put_positive(format!("known{i}").into(), merchant("k"), None);
+            stores.put_positive(&format!("known{i}"), merchant("k").record(), None);
         }
         for i in 0..10_000 {
             stores.put_negative(format!("unknown{i}").into(), not_found(LONG), None);
@@ -338,7 +338,7 @@ mod tests {
     async fn migration_keeps_every_entry_that_fits() {
         let old = stores(100);
         for i in 0..20 {
-            old.put_positive(format!("known{i}").into(), merchant("k"), None);
+            old.put_positive(&format!("known{i}"), merchant("k").record(), None);
             old.put_negative(format!("unknown{i}").into(), not_found(LONG), None);
         }
         let grown = Stores::migrated(Capacities { positive: 2000, negative: 200 }, &CacheMetrics::default(), &old);

@@ -66,6 +66,34 @@ pub struct PositiveEntry {
     pub ttl: Duration,
 }
 
+/// A merchant to store, borrowed from wherever its writer holds it (a snapshot page holds many).
+#[derive(Debug, Clone, Copy)]
+pub struct PositiveRecord<'m> {
+    /// The encoded `merchant.v1.Merchant`.
+    pub merchant: &'m [u8],
+    /// Its status field.
+    pub status: i32,
+    /// The core sequence the record reflects.
+    pub as_of_sequence: u64,
+    /// When the edge learned it from the core.
+    pub learned_at: Instant,
+    /// The positive TTL when it is stored.
+    pub ttl: Duration,
+}
+
+impl PositiveEntry {
+    /// The entry as a record to store.
+    pub fn record(&self) -> PositiveRecord<'_> {
+        PositiveRecord {
+            merchant: self.merchant.as_slice(),
+            status: self.merchant.status(),
+            as_of_sequence: self.as_of_sequence,
+            learned_at: self.learned_at,
+            ttl: self.ttl,
+        }
+    }
+}
+
 struct Slot {
     /// `Key::Digits`: the packed value. `Key::Text`: the ID's length; its bytes lead the record.
     key: u64,
@@ -313,15 +341,20 @@ impl PositiveStore {
 
     /// Stores or replaces the merchant for `id`, evicting another entry if the shard is full.
     pub fn insert(&self, id: &str, entry: &PositiveEntry) {
+        self.insert_record(id, entry.record());
+    }
+
+    /// [`Self::insert`] from a borrowed record.
+    pub fn insert_record(&self, id: &str, entry: PositiveRecord<'_>) {
         let key = Key::of(id);
-        let (record, form) = stored_form(id.as_bytes(), entry.merchant.as_slice());
+        let (record, form) = stored_form(id.as_bytes(), entry.merchant);
         // A text ID leads its record; a packed one lives in the slot.
         let head = match key {
             Key::Digits { .. } => &[][..],
             Key::Text(bytes) => bytes,
         };
         let len = u32::try_from(head.len() + record.len()).expect("a merchant record is far below 4 GiB");
-        let status = u8::try_from(entry.merchant.status()).unwrap_or(u8::MAX);
+        let status = u8::try_from(entry.status).unwrap_or(u8::MAX);
         let learned_ns = self.since_epoch(entry.learned_at);
         let (hash, shard) = self.locate(key);
         let mut guard = shard.write();

@@ -1,6 +1,8 @@
 //! The lookup contract as the server encodes it: `proto/merchant/v1/lookup.proto` with each answer's
 //! `merchant` field retyped to bytes by `build.rs` (the same contract on the wire), so a merchant is
-//! encoded once per version and every answer shares the bytes.
+//! encoded once per version and every answer shares the bytes. Also the snapshot reader's twin of
+//! `ListMerchants` (see `build.rs`): listed merchants arrive as their bytes and are stored as they came,
+//! after [`ListedMerchants::check`] has found them well formed.
 use bytes::Bytes;
 use prost::Message;
 
@@ -14,6 +16,9 @@ pub use generated::{
     merchant_lookup_server, BatchLookupRequest, BatchLookupResponse, BatchLookupResult, LookupError, LookupRequest,
     LookupResponse, Provenance,
 };
+
+mod listed;
+pub use listed::{ListedMerchant, ListedMerchants, ListingClient, ListingPage, ListingRequest, MalformedMerchant};
 
 /// A merchant encoded once as `merchant.v1.Merchant` protobuf; every answer that carries it shares the
 /// bytes (a reference count, no copy until the socket write).
