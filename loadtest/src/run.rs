@@ -240,10 +240,12 @@ pub async fn run(options: Options) -> Result<(), String> {
             .map_err(|e| format!("cannot connect to {url}: {e}"))?;
         clients.push(MerchantLookupClient::new(channel));
     }
-    let keys = |seed| match options.popularity {
-        Popularity::Zipf => Keys::zipf(options.merchants, seed),
-        Popularity::Uniform => Keys::uniform(options.merchants, seed),
+    // Built before the clock starts, once: each caller draws from it with its own seed.
+    let first_keys = match options.popularity {
+        Popularity::Zipf => Keys::zipf(options.merchants, options.seed),
+        Popularity::Uniform => Keys::uniform(options.merchants, options.seed),
     };
+    let keys = |seed| first_keys.reseeded(seed);
     let started = Instant::now();
     let until = started + options.duration;
     let timeline = Arc::new(Timeline::new(started));
