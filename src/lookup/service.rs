@@ -206,7 +206,9 @@ impl MerchantLookup for LookupService {
             InMemory::Answered(answer) => answer,
             InMemory::Missed(id) | InMemory::Behind(id) => {
                 let caller = caller(&request, &self.config);
-                self.resolver.answer_beyond_memory(&id, *min_sequence, &caller).await?
+                // Boxed apart: tonic boxes this whole future for every call, hits included, and the
+                // core's path would otherwise size it (and the copy into that box) for all of them.
+                Box::pin(self.resolver.answer_beyond_memory(&id, *min_sequence, &caller)).await?
             }
         };
         Ok(Response::new(answer.into()))
