@@ -25,8 +25,8 @@
 //! sit behind crossbeam's `ShardedLock`, whose readers lock the part of it their thread is assigned
 //! (eight, each on its own cache line). A `parking_lot::RwLock` read was an atomic add and a subtract
 //! on the one line of the shard's lock, so two cores answering the same ID wrote that line twice per
-//! lookup each. Writers take all eight parts: a store write costs some 100 ns more, far below what the
-//! cache room does around it.
+//! lookup each. Writers take all eight parts; a warm start of 1,000,000 merchants, all writes, took as
+//! long and as much CPU with this lock as with the one lock (1.8 – 2.4 s either way).
 use std::hash::BuildHasher;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
