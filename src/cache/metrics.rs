@@ -17,7 +17,7 @@ label_values! {
 }
 
 label_values! {
-    /// Why an entry left a store (moka's removal causes).
+    /// Why an entry left a store.
     pub EvictionCause {
         /// Its TTL passed.
         Expired => "expired",

@@ -256,7 +256,7 @@ impl Cache {
     }
 
     /// Rebuilds the stores when the configured capacities differ from theirs, migrating every entry
-    /// (moka cannot change a capacity in place). Lookups keep reading the old stores until the swap;
+    /// (the slot stores' shard layout follows the capacity). Lookups keep reading the old stores until the swap;
     /// store writes wait for it. Returns whether the stores were rebuilt.
     pub async fn resize(&self, cache: &CacheConfig) -> bool {
         let wanted = capacities(cache);

@@ -17,6 +17,7 @@ use crate::config::LiveConfig;
 use crate::guard::Caller;
 use crate::readiness::Readiness;
 use crate::wire::merchant_lookup_server::MerchantLookup;
+use crate::wire::EncodedMerchant;
 use crate::wire::{
     BatchLookupRequest, BatchLookupResponse, BatchLookupResult, LookupError as ResultError, LookupRequest,
     LookupResponse, Provenance,
@@ -86,31 +87,27 @@ fn provenance(answer: &Answer) -> Provenance {
     }
 }
 
-fn merchant_bytes(answer: &Answer) -> Bytes {
-    answer.merchant.as_ref().map(|merchant| merchant.bytes()).unwrap_or_default()
+/// The answer's merchant, moved out: a hit's bytes were copied out of the store for this answer alone,
+/// and a clone would first promote them to a shared, separately allocated buffer.
+fn merchant_bytes(merchant: Option<EncodedMerchant>) -> Bytes {
+    merchant.map(EncodedMerchant::into_bytes).unwrap_or_default()
 }
 
 impl From<Answer> for LookupResponse {
     fn from(answer: Answer) -> Self {
-        Self {
-            found: answer.merchant.is_some(),
-            merchant: merchant_bytes(&answer),
-            provenance: Some(provenance(&answer)),
-            reason: answer_reason(&answer) as i32,
-        }
+        let (provenance, reason) = (Some(provenance(&answer)), answer_reason(&answer) as i32);
+        Self { found: answer.merchant.is_some(), merchant: merchant_bytes(answer.merchant), provenance, reason }
     }
 }
 
 fn batch_result(requested_merchant_id: String, answer: Result<Answer, LookupError>) -> BatchLookupResult {
     match answer {
-        Ok(answer) => BatchLookupResult {
-            found: answer.merchant.is_some(),
-            merchant: merchant_bytes(&answer),
-            provenance: Some(provenance(&answer)),
-            requested_merchant_id,
-            error: None,
-            reason: answer_reason(&answer) as i32,
-        },
+        Ok(answer) => {
+            let (provenance, reason) = (Some(provenance(&answer)), answer_reason(&answer) as i32);
+            let found = answer.merchant.is_some();
+            let merchant = merchant_bytes(answer.merchant);
+            BatchLookupResult { found, merchant, provenance, requested_merchant_id, error: None, reason }
+        }
         Err(error) => {
             let (code, reason) = classify(&error);
             let reason = reason as i32;
@@ -206,7 +203,9 @@ impl MerchantLookup for LookupService {
             InMemory::Answered(answer) => answer,
             InMemory::Missed(id) | InMemory::Behind(id) => {
                 let caller = caller(&request, &self.config);
-                self.resolver.answer_beyond_memory(&id, *min_sequence, &caller).await?
+                // Boxed apart: tonic boxes this whole future for every call, hits included, and the
+                // core's path would otherwise size it (and the copy into that box) for all of them.
+                Box::pin(self.resolver.answer_beyond_memory(&id, *min_sequence, &caller)).await?
             }
         };
         Ok(Response::new(answer.into()))

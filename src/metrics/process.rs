@@ -1,7 +1,7 @@
 //! `process_resident_memory_bytes`, under the name every Prometheus client library and dashboard uses
 //! (so it carries no `merchant_edge_` prefix): the resident set size, read from `/proc/self/status` when
 //! scraped. The caches are the edge's memory, and this is what the kernel's OOM killer and a pod's
-//! memory limit count; moka's entry counts alone do not say how many bytes they cost.
+//! memory limit count; the stores' entry counts alone do not say how many bytes they cost.
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};

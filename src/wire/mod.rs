@@ -56,6 +56,11 @@ impl EncodedMerchant {
         self.bytes.clone()
     }
 
+    /// The encoded bytes, moved out (an answer that is the only holder sends them without a clone).
+    pub fn into_bytes(self) -> Bytes {
+        self.bytes
+    }
+
     /// The encoded bytes, borrowed: for writers that copy them anyway (a clone of a freshly encoded
     /// buffer would first promote it to a shared, separately allocated one).
     pub fn as_slice(&self) -> &[u8] {

@@ -1,4 +1,4 @@
-//! The positive store's memory: slots in fixed-size blocks and records in fixed-size chunks, neither
+//! The slot stores' memory: slots in fixed-size blocks and records in fixed-size chunks, neither
 //! ever reallocated, so growing copies nothing and an offset stays valid until compaction rewrites it.
 
 /// Slots per slab block (160 KiB of 40-byte slots).
@@ -129,5 +129,31 @@ impl Arena {
     /// shards do not compact over and over for a few bytes).
     pub(super) fn wants_compaction(&self) -> bool {
         self.garbage > CHUNK_BYTES && self.garbage * 8 > self.used
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_slab_keeps_slots_across_blocks_and_frees_blocks_it_no_longer_needs() {
+        let mut slab = Slab::default();
+        let mut model = Vec::new();
+        for key in 0..(3 * BLOCK_SLOTS as u64 + 5) {
+            slab.push(key);
+            model.push(key);
+        }
+        let mut random = fastrand::Rng::with_seed(1);
+        while model.len() > 10 {
+            let at = random.usize(..model.len());
+            slab.swap_remove(at);
+            model.swap_remove(at);
+            assert_eq!(slab.len(), model.len());
+            assert!(slab.blocks.len() <= model.len().div_ceil(BLOCK_SLOTS) + 1);
+        }
+        let keys: Vec<u64> = slab.iter().copied().collect();
+        assert_eq!(keys, model);
+        assert_eq!((0..model.len()).map(|at| slab[at]).collect::<Vec<_>>(), model);
     }
 }

@@ -1,76 +1,35 @@
 //! The two answer stores. Positive and negative answers live apart, each bounded and with its own TTL,
 //! so a flood of unknown IDs can only evict other "not found" entries, never a known merchant.
 //!
-//! Merchants live in [`positive::PositiveStore`], packed for memory (the edge may hold the whole merchant
-//! table). "Not found" answers live in moka, whose TinyLFU admission keeps a flood of random IDs from
-//! churning the store, and which reclaims them on its own wall clock after the TTL stamped on each entry.
-//! Freshness is decided here, on tokio's clock, against the shorter of that stamp and the TTL configured
-//! now: a shortened TTL applies at once to entries already stored, a lengthened one to entries stored
-//! from then on (so reloads never need to touch entries), and tests can move time with tokio's paused
-//! clock. Capacities change by building new stores from the old ones ([`Stores::migrated`]).
+//! Both are the packed, sharded slot store of [`slots`]: merchants in [`positive`] (the edge may hold
+//! the whole merchant table), "not found" answers in [`negative`]. Freshness is decided on tokio's
+//! clock, against the shorter of the TTL stamped on each entry and the TTL configured now: a shortened
+//! TTL applies at once to entries already stored, a lengthened one to entries stored from then on (so
+//! reloads never need to touch entries), and tests can move time with tokio's paused clock. Expired
+//! entries are reclaimed when a full store evicts (expired ones first) and, for "not found" answers,
+//! whenever entries are counted. Capacities change by building new stores from the old ones
+//! ([`Stores::migrated`]).
 //!
 //! Only the cache room writes: every write method is visible to [`crate::cache`] alone, which calls
 //! them under the fence.
 use std::sync::Arc;
 use std::time::Duration;
 
-use moka::notification::RemovalCause;
-use moka::sync::Cache;
 use tokio::time::Instant;
 
 use super::metrics::{CacheMetrics, EvictionCause, StoreLabel};
 
 mod blocks;
+mod negative;
 mod packed;
 mod positive;
+mod slots;
 
+use negative::NegativeStore;
+pub use negative::{NegativeEntry, Origin};
 use positive::PositiveStore;
 pub use positive::{PositiveEntry, PositiveRecord};
-
-/// The core's "no such merchant".
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NegativeEntry {
-    /// The core sequence the "not found" reflects.
-    pub as_of_sequence: u64,
-    /// When the edge learned it.
-    pub learned_at: Instant,
-    /// The negative TTL when it was stored (shorter while the change feed cannot be trusted).
-    pub ttl: Duration,
-    /// How the edge learned it.
-    pub origin: Origin,
-}
-
-/// Where the edge learned an answer, for explaining it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
-    /// A GetMerchant answer.
-    CoreRead,
-    /// A change notice or a snapshot.
-    Notice,
-}
-
-/// Lets moka reclaim each "not found" after its own stamped TTL.
-struct StampedExpiry;
-
-impl moka::Expiry<Arc<str>, NegativeEntry> for StampedExpiry {
-    fn expire_after_create(&self, _: &Arc<str>, value: &NegativeEntry, _: std::time::Instant) -> Option<Duration> {
-        Some(value.ttl)
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &Arc<str>,
-        value: &NegativeEntry,
-        _: std::time::Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.ttl)
-    }
-}
-
-fn within_ttl(learned_at: Instant, stamped: Duration, configured: Duration, now: Instant) -> bool {
-    now.saturating_duration_since(learned_at) < stamped.min(configured)
-}
+use slots::{Record, SlotStore};
 
 /// What a store holds for an ID, with the core sequence it reflects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,51 +61,26 @@ pub struct Capacities {
 /// The positive and negative stores, read by lookups and written by the cache room only.
 pub struct Stores {
     positive: PositiveStore,
-    negative: Cache<Arc<str>, NegativeEntry>,
+    negative: NegativeStore,
     capacities: Capacities,
 }
 
-fn negative_store(capacity: u64, metrics: &CacheMetrics) -> Cache<Arc<str>, NegativeEntry> {
+fn store<R: Record>(store: StoreLabel, capacity: u64, epoch: Instant, metrics: &CacheMetrics) -> SlotStore<R> {
     let metrics = metrics.clone();
-    Cache::builder()
-        .max_capacity(capacity)
-        .expire_after(StampedExpiry)
-        .eviction_listener(move |_, _, cause| {
-            let cause = match cause {
-                RemovalCause::Expired => EvictionCause::Expired,
-                RemovalCause::Explicit => EvictionCause::Explicit,
-                RemovalCause::Replaced => EvictionCause::Replaced,
-                RemovalCause::Size => EvictionCause::Size,
-            };
-            metrics.count_evictions(StoreLabel::Negative, cause, 1);
-        })
-        .build()
-}
-
-fn positive_store(capacity: u64, epoch: Instant, metrics: &CacheMetrics) -> PositiveStore {
-    let metrics = metrics.clone();
-    PositiveStore::new(
-        capacity,
-        epoch,
-        Box::new(move |cause, count| metrics.count_evictions(StoreLabel::Positive, cause, count)),
-    )
+    SlotStore::new(capacity, epoch, Box::new(move |cause, count| metrics.count_evictions(store, cause, count)))
 }
 
 impl Stores {
     pub(super) fn new(capacities: Capacities, metrics: &CacheMetrics) -> Self {
-        Self {
-            positive: positive_store(capacities.positive, Instant::now(), metrics),
-            negative: negative_store(capacities.negative, metrics),
-            capacities,
-        }
+        Self::with_epoch(capacities, Instant::now(), metrics)
     }
 
-    /// Empty stores whose positive store can hold entries learned as early as `epoch` (a restore from a
-    /// local snapshot holds merchants learned before the process started).
+    /// Empty stores that can hold entries learned as early as `epoch` (a restore from a local snapshot
+    /// holds merchants learned before the process started).
     pub(super) fn with_epoch(capacities: Capacities, epoch: Instant, metrics: &CacheMetrics) -> Self {
         Self {
-            positive: positive_store(capacities.positive, epoch, metrics),
-            negative: negative_store(capacities.negative, metrics),
+            positive: store(StoreLabel::Positive, capacities.positive, epoch, metrics),
+            negative: store(StoreLabel::Negative, capacities.negative, epoch, metrics),
             capacities,
         }
     }
@@ -154,16 +88,10 @@ impl Stores {
     /// New stores holding every entry of `old` that fits (the caller keeps writers out meanwhile). When
     /// shrinking, each store's eviction policy decides which entries stay.
     pub(super) fn migrated(capacities: Capacities, metrics: &CacheMetrics, old: &Stores) -> Self {
-        let stores = Self {
-            // The old epoch, so that every entry's learned_at still fits.
-            positive: positive_store(capacities.positive, old.positive.epoch(), metrics),
-            negative: negative_store(capacities.negative, metrics),
-            capacities,
-        };
+        // The old epoch, so that every entry's learned_at still fits.
+        let stores = Self::with_epoch(capacities, old.positive.epoch(), metrics);
         old.positive.for_each(|id, entry| stores.positive.insert(id, &entry));
-        for (id, entry) in old.negative.iter() {
-            stores.negative.insert(id.as_ref().clone(), entry);
-        }
+        old.negative.for_each(|id, entry| stores.negative.insert(id, &entry));
         stores
     }
 
@@ -184,13 +112,13 @@ impl Stores {
 
     /// The stored "not found", if it is still within its TTL at `now`.
     pub fn fresh_negative(&self, id: &str, now: Instant, ttl: Duration) -> Option<NegativeEntry> {
-        self.negative.get(id).filter(|entry| within_ttl(entry.learned_at, entry.ttl, ttl, now))
+        self.negative.within(id, now, ttl, Duration::ZERO)
     }
 
     /// Stores a merchant and forgets any "not found" for it (`held` is what [`Self::stored`] said).
     pub(super) fn put_positive(&self, id: &str, entry: PositiveRecord<'_>, held: Option<Stored>) {
         if !matches!(held, Some(Stored::Positive(_))) {
-            self.negative.invalidate(id);
+            self.negative.remove(id);
         }
         self.positive.insert_record(id, entry);
     }
@@ -205,13 +133,13 @@ impl Stores {
         if !matches!(held, Some(Stored::Negative(_))) {
             self.positive.remove(&id);
         }
-        self.negative.insert(id, entry);
+        self.negative.insert(&id, &entry);
     }
 
     /// Forgets everything about one ID.
     pub(super) fn remove(&self, id: &str) {
         self.positive.remove(id);
-        self.negative.invalidate(id);
+        self.negative.remove(id);
     }
 
     /// Which store holds `id`, fresh or not, and as of which core sequence: a change notice older than
@@ -220,7 +148,7 @@ impl Stores {
     pub fn stored(&self, id: &str) -> Option<Stored> {
         match self.positive.as_of_sequence(id) {
             Some(sequence) => Some(Stored::Positive(sequence)),
-            None => self.negative.get(id).map(|entry| Stored::Negative(entry.as_of_sequence)),
+            None => self.negative.as_of_sequence(id).map(Stored::Negative),
         }
     }
 
@@ -231,19 +159,19 @@ impl Stores {
 
     /// Forgets every "not found" (after the feed lost track of changes, none of them can be trusted).
     pub(super) fn clear_negative(&self) {
-        self.negative.invalidate_all();
+        self.negative.remove_where(EvictionCause::Explicit, |_| true);
     }
 
     /// Forgets everything (the core's history was replaced: sequences are no longer comparable).
     pub(super) fn clear_all(&self) {
-        self.positive.remove_where(|_| true);
-        self.negative.invalidate_all();
+        self.positive.remove_where(EvictionCause::Explicit, |_| true);
+        self.negative.remove_where(EvictionCause::Explicit, |_| true);
     }
 
     /// Forgets merchants stored before `sequence` that a snapshot taken at `sequence` did not refresh:
     /// they were deleted while the feed was out of step.
     pub(super) fn drop_positives_older_than(&self, sequence: u64) {
-        self.positive.remove_where(|entry| entry.as_of_sequence < sequence);
+        self.positive.remove_where(EvictionCause::Explicit, |stamp| stamp.as_of_sequence < sequence);
     }
 
     /// How many parts [`Self::for_each_positive_in_shard`] splits the merchants into.
@@ -257,11 +185,11 @@ impl Stores {
         self.positive.for_each_in_shard(shard, visit);
     }
 
-    /// Entry counts (positive, negative), after running moka's pending maintenance (until it has run,
-    /// moka's counts are estimates).
+    /// Entry counts (positive, negative), after reclaiming the "not found" answers past their stamped
+    /// TTL (a flood leaves many, and they are what the count would otherwise overstate).
     pub fn entry_counts(&self) -> (u64, u64) {
-        self.negative.run_pending_tasks();
-        (self.positive.len(), self.negative.entry_count())
+        self.negative.remove_expired(Instant::now());
+        (self.positive.len(), self.negative.len())
     }
 }
 

@@ -1,57 +1,17 @@
-//! The positive store: every merchant the edge knows, packed for memory and for the hit path.
+//! The positive store: every merchant the edge knows, in the packed slot store ([`super::slots`]).
 //!
-//! With warm start the edge holds the whole merchant table, so bytes per entry decide the process size.
-//! A general cache (moka) spent about 540 bytes per merchant on its policy queues, timers and per-entry
-//! `Arc`s. Here an entry is a 40-byte slot, a 4-byte slot number in a hash index, and its record's
-//! bytes in an arena of its shard, about 104 bytes in all for a synthetic merchant:
-//! - IDs of up to 19 digits (every ID the default rule admits) are packed into the slot as a number
-//!   and their digit count, so leading zeros survive; any other ID is kept as text at the head of its
-//!   record.
-//! - The encoded merchant starts with its own `merchant_id` field; when that is the ID it is stored
-//!   under (always, for records the resolver stores), those bytes are left out and written back when
-//!   the record is read, so the ID is held once, packed.
-//! - Records live back to back in fixed-size chunks per shard, found by a 32-bit offset, instead of
-//!   one allocation each: no allocator size-class rounding or per-allocation header, no pointer. A
-//!   replaced record that fits is overwritten in place; bytes no slot refers to are reclaimed by
-//!   compacting the shard once they pass an eighth of its arena.
-//! - TTLs are kept once per shard in a small table (they are the configured TTL when stored, so a
-//!   shard sees a handful), and the slot holds an index.
-//!
-//! Each shard is a slab of slots indexed by a `HashTable` of slot numbers, so a random slot can be
-//! sampled for eviction. Eviction is sampled LFU: a full shard evicts the least used of a few random
-//! slots, preferring entries past their TTL. Use counts are small (saturating at `MAX_USES`) and halve
-//! after every `AGING_ROUNDS` shard-fulls of evictions, so a scan of IDs seen once evicts other
-//! once-seen IDs while hot merchants keep their counts. A hit on a hot merchant only reads its count.
-use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+//! The encoded merchant starts with its own `merchant_id` field; when that is the ID it is stored
+//! under (always, for records the resolver stores), those bytes are left out and written back when the
+//! record is read, so the ID is held once, packed in the slot. The merchant's status rides in the
+//! slot, so answers need not decode the bytes. A synthetic merchant costs about 104 bytes in all.
 use std::time::Duration;
 
 use bytes::Bytes;
-use hashbrown::{DefaultHashBuilder, HashTable};
-use parking_lot::RwLock;
 use tokio::time::Instant;
 
-use super::blocks::{Arena, Slab};
 use super::packed::{stored_form, Key, FORM_WHOLE, ID_FIELD_KEY, MAX_PACKED_DIGITS};
-use crate::cache::metrics::EvictionCause;
+use super::slots::{Record, Slot, SlotStore, Stamp};
 use crate::wire::EncodedMerchant;
-
-/// Use counts saturate here: enough to tell hot from once-seen, and a saturated count is never written.
-const MAX_USES: u8 = 15;
-/// Random slots compared per eviction (Redis samples 5; 8 finds a once-seen entry more reliably).
-const SAMPLES: usize = 8;
-/// Use counts halve after this many shard capacities' worth of evictions, so yesterday's hot merchants
-/// can eventually make room (TinyLFU resets its sketch after ten times the capacity).
-const AGING_ROUNDS: u64 = 10;
-/// Entries per shard below which one shard is enough (small stores stay exactly bounded).
-const ENTRIES_PER_SHARD: u64 = 1024;
-/// Compaction copies a whole shard under its write lock; with 256 shards a shard of a 10M store holds
-/// about 4 MB of records, a pause of about a millisecond for the IDs of that shard alone.
-const MAX_SHARDS: u64 = 256;
-/// Distinct TTLs one shard can name (a slot holds a `u8` index). Entries stay until evicted or
-/// replaced, so a shard names every positive TTL configured while its entries were stored: one per
-/// reload that changed it.
-const TTL_KINDS: usize = 1 << 8;
 
 /// A merchant as stored and as read back.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,6 +24,47 @@ pub struct PositiveEntry {
     pub learned_at: Instant,
     /// The positive TTL when it was stored.
     pub ttl: Duration,
+}
+
+/// What a merchant's slot keeps besides its stamp.
+#[derive(Clone, Copy)]
+pub(super) struct Kept {
+    /// `FORM_WHOLE` or `FORM_ID_ELIDED`.
+    form: u8,
+    /// The merchant's status (fits a byte).
+    status: u8,
+}
+
+// The slot is most of an entry's fixed cost: keep it at 40 bytes.
+const _: () = assert!(std::mem::size_of::<Slot<Kept>>() == 40);
+
+pub(super) type PositiveStore = SlotStore<PositiveEntry>;
+
+impl Record for PositiveEntry {
+    type Extra = Kept;
+
+    fn stamp(&self) -> Stamp {
+        Stamp { as_of_sequence: self.as_of_sequence, learned_at: self.learned_at, ttl: self.ttl }
+    }
+
+    fn stored<'a>(&'a self, id: &str) -> (&'a [u8], Kept) {
+        kept(id, self.merchant.as_slice(), self.merchant.status())
+    }
+
+    fn read_back(id: Key<'_>, kept: &[u8], extra: Kept, stamp: Stamp) -> Self {
+        PositiveEntry {
+            merchant: EncodedMerchant::from_parts(merchant(id, kept, extra.form), i32::from(extra.status)),
+            as_of_sequence: stamp.as_of_sequence,
+            learned_at: stamp.learned_at,
+            ttl: stamp.ttl,
+        }
+    }
+}
+
+/// What a merchant's slot and arena keep of `merchant`, stored under `id`.
+fn kept<'m>(id: &str, merchant: &'m [u8], status: i32) -> (&'m [u8], Kept) {
+    let (record, form) = stored_form(id.as_bytes(), merchant);
+    (record, Kept { form, status: u8::try_from(status).unwrap_or(u8::MAX) })
 }
 
 /// A merchant to store, borrowed from wherever its writer holds it (a snapshot page holds many).
@@ -94,451 +95,36 @@ impl PositiveEntry {
     }
 }
 
-struct Slot {
-    /// `Key::Digits`: the packed value. `Key::Text`: the ID's length; its bytes lead the record.
-    key: u64,
-    as_of_sequence: u64,
-    /// Nanoseconds after the store's epoch.
-    learned_ns: u64,
-    /// Where the stored bytes start in the shard's arena, and how many there are.
-    offset: u32,
-    len: u32,
-    /// Index into the shard's TTL table.
-    ttl: u8,
-    /// 1 to 19: the ID is this many packed digits; 0: the ID is text.
-    digits: u8,
-    /// `FORM_WHOLE` or `FORM_ID_ELIDED`.
-    form: u8,
-    /// The merchant's status (fits a byte; kept so answers need not decode the bytes).
-    status: u8,
-    uses: AtomicU8,
-}
-
-// The slot is most of an entry's fixed cost: keep it at 40 bytes.
-const _: () = assert!(std::mem::size_of::<Slot>() == 40);
-
-struct Shard {
-    /// Slot numbers, found by the hash of the slot's ID.
-    index: HashTable<u32>,
-    slots: Slab<Slot>,
-    arena: Arena,
-    /// TTLs in nanoseconds, named by `Slot::ttl`.
-    ttls: Vec<u64>,
-    evictions_since_aging: u64,
-    /// Picks eviction samples. Seeded per shard so eviction is reproducible; no caller can observe the
-    /// samples, so predictability gives nothing away.
-    sampler: fastrand::Rng,
-}
-
-/// The ID `slot` is stored under.
-fn slot_key<'s>(arena: &'s Arena, slot: &Slot) -> Key<'s> {
-    if slot.digits > 0 {
-        Key::Digits { value: slot.key, count: slot.digits }
-    } else {
-        Key::Text(&arena.get(slot.offset, slot.len)[..slot.key as usize])
-    }
-}
-
-impl Shard {
-    fn key<'s>(&'s self, slot: &Slot) -> Key<'s> {
-        slot_key(&self.arena, slot)
-    }
-
-    fn holds(&self, at: u32, key: Key<'_>) -> bool {
-        let slot = &self.slots[at as usize];
-        match key {
-            Key::Digits { value, count } => slot.digits == count && slot.key == value,
-            Key::Text(bytes) => {
-                slot.digits == 0
-                    && slot.key == bytes.len() as u64
-                    && &self.arena.get(slot.offset, slot.len)[..bytes.len()] == bytes
-            }
-        }
-    }
-
-    fn find(&self, hash: u64, key: Key<'_>) -> Option<u32> {
-        self.index.find(hash, |&at| self.holds(at, key)).copied()
-    }
-
-    /// The encoded merchant of `slot`, rebuilt as it was given to [`PositiveStore::insert`].
-    fn merchant(&self, slot: &Slot) -> Bytes {
-        let stored = self.arena.get(slot.offset, slot.len);
-        let rest = if slot.digits > 0 { stored } else { &stored[slot.key as usize..] };
-        if slot.form == FORM_WHOLE {
-            return Bytes::copy_from_slice(rest);
-        }
-        let mut buffer = [0; MAX_PACKED_DIGITS];
-        let id = self.key(slot).text(&mut buffer);
-        let mut bytes = Vec::with_capacity(2 + id.len() + rest.len());
-        // Elided only when the ID's length fits one varint byte, so this is the field as it was.
-        bytes.extend_from_slice(&[ID_FIELD_KEY, id.len() as u8]);
-        bytes.extend_from_slice(id);
-        bytes.extend_from_slice(rest);
-        Bytes::from(bytes)
-    }
-
-    /// The index of `ttl_ns` in the TTL table, adding it if new.
-    fn ttl_index(&mut self, ttl_ns: u64) -> u8 {
-        if let Some(at) = self.ttls.iter().rposition(|&known| known == ttl_ns) {
-            return at as u8;
-        }
-        if self.ttls.len() == TTL_KINDS {
-            self.forget_unused_ttls();
-        }
-        if self.ttls.len() < TTL_KINDS {
-            self.ttls.push(ttl_ns);
-            return (self.ttls.len() - 1) as u8;
-        }
-        // 256 different TTLs held in one shard at once (a reload per TTL): the entry gets the
-        // longest known TTL not above its own, so it may expire early but never late (or the
-        // shortest known, which the configured TTL still caps).
-        let shorter =
-            self.ttls.iter().enumerate().filter(|&(_, &known)| known <= ttl_ns).max_by_key(|&(_, &known)| known);
-        let fallback = shorter.or_else(|| self.ttls.iter().enumerate().min_by_key(|&(_, &known)| known));
-        fallback.map_or(0, |(at, _)| at as u8)
-    }
-
-    /// Drops TTLs no slot names and renumbers the rest.
-    fn forget_unused_ttls(&mut self) {
-        let mut used = [false; TTL_KINDS];
-        for slot in self.slots.iter() {
-            used[usize::from(slot.ttl)] = true;
-        }
-        let mut renumbered = [0u8; TTL_KINDS];
-        let mut kept = Vec::new();
-        for (at, &ttl) in self.ttls.iter().enumerate() {
-            if used[at] {
-                renumbered[at] = kept.len() as u8;
-                kept.push(ttl);
-            }
-        }
-        for slot in self.slots.iter_mut() {
-            slot.ttl = renumbered[usize::from(slot.ttl)];
-        }
-        self.ttls = kept;
-    }
-
-    /// Copies every live record into fresh chunks, releasing the old ones.
-    fn compact(&mut self) {
-        let mut fresh = Arena::default();
-        for slot in self.slots.iter_mut() {
-            slot.offset = fresh.push(self.arena.get(slot.offset, slot.len), &[]);
-        }
-        self.arena = fresh;
-    }
-}
-
-/// What happened to an entry that left the store, for the eviction metrics.
-pub type EvictionSink = Box<dyn Fn(EvictionCause, u64) + Send + Sync>;
-
-pub struct PositiveStore {
-    shards: Box<[RwLock<Shard>]>,
-    /// The bound is on the whole store, not per shard: hashing never fills shards evenly, and a
-    /// per-shard bound would evict merchants from a full shard while others still had room.
-    capacity: u64,
-    len: AtomicU64,
-    /// Evictions in a shard between agings.
-    aging_period: u64,
-    hasher: DefaultHashBuilder,
-    /// Instants are kept as nanoseconds after this (8 bytes instead of 16).
-    epoch: Instant,
-    on_eviction: EvictionSink,
-}
-
-fn nanos(duration: Duration) -> u64 {
-    duration.as_nanos().try_into().unwrap_or(u64::MAX)
-}
-
 impl PositiveStore {
-    /// A store for at most `capacity` merchants. `epoch` must not be later than any `learned_at` stored.
-    pub fn new(capacity: u64, epoch: Instant, on_eviction: EvictionSink) -> Self {
-        let shards = (capacity / ENTRIES_PER_SHARD).clamp(1, MAX_SHARDS).next_power_of_two().min(MAX_SHARDS);
-        Self {
-            shards: (0..shards)
-                .map(|seed| {
-                    RwLock::new(Shard {
-                        index: HashTable::new(),
-                        slots: Slab::default(),
-                        arena: Arena::default(),
-                        ttls: Vec::new(),
-                        evictions_since_aging: 0,
-                        sampler: fastrand::Rng::with_seed(seed),
-                    })
-                })
-                .collect(),
-            capacity,
-            len: AtomicU64::new(0),
-            aging_period: AGING_ROUNDS * capacity.div_ceil(shards),
-            hasher: DefaultHashBuilder::default(),
-            epoch,
-            on_eviction,
-        }
+    /// Stores a borrowed merchant record under `id`.
+    pub(super) fn insert_record(&self, id: &str, entry: PositiveRecord<'_>) {
+        let (record, extra) = kept(id, entry.merchant, entry.status);
+        let stamp = Stamp { as_of_sequence: entry.as_of_sequence, learned_at: entry.learned_at, ttl: entry.ttl };
+        self.insert_parts(id, record, extra, stamp);
     }
+}
 
-    pub fn epoch(&self) -> Instant {
-        self.epoch
+/// The encoded merchant stored under `id`, rebuilt as it was given to [`SlotStore::insert`].
+fn merchant(id: Key<'_>, kept: &[u8], form: u8) -> Bytes {
+    if form == FORM_WHOLE {
+        return Bytes::copy_from_slice(kept);
     }
-
-    fn hash(&self, key: Key<'_>) -> u64 {
-        match key {
-            Key::Digits { value, count } => self.hasher.hash_one((value, count)),
-            Key::Text(bytes) => self.hasher.hash_one(bytes),
-        }
-    }
-
-    fn locate(&self, key: Key<'_>) -> (u64, &RwLock<Shard>) {
-        let hash = self.hash(key);
-        // Middle bits: the table uses the low bits for the bucket and the top seven as a tag, so
-        // choosing the shard from either would leave every entry of a shard alike in those bits.
-        let shard = (hash >> 32) as usize & (self.shards.len() - 1);
-        (hash, &self.shards[shard])
-    }
-
-    fn since_epoch(&self, instant: Instant) -> u64 {
-        nanos(instant.saturating_duration_since(self.epoch))
-    }
-
-    /// The stored merchant, if its age at `now` is below the shorter of its stamped TTL and `ttl`, plus
-    /// `past_ttl` (zero for a fresh answer; `cache.serve_stale_for` when the core cannot answer).
-    pub fn within(&self, id: &str, now: Instant, ttl: Duration, past_ttl: Duration) -> Option<PositiveEntry> {
-        let key = Key::of(id);
-        let (hash, shard) = self.locate(key);
-        let shard = shard.read();
-        let slot = &shard.slots[shard.find(hash, key)? as usize];
-        let age = self.since_epoch(now).saturating_sub(slot.learned_ns);
-        let stamped = shard.ttls[usize::from(slot.ttl)];
-        if age >= stamped.min(nanos(ttl)).saturating_add(nanos(past_ttl)) {
-            return None;
-        }
-        let uses = slot.uses.load(Ordering::Relaxed);
-        if uses < MAX_USES {
-            // Racing increments may lose one; the count is an estimate either way.
-            slot.uses.store(uses + 1, Ordering::Relaxed);
-        }
-        Some(self.entry(&shard, slot))
-    }
-
-    fn entry(&self, shard: &Shard, slot: &Slot) -> PositiveEntry {
-        PositiveEntry {
-            merchant: EncodedMerchant::from_parts(shard.merchant(slot), i32::from(slot.status)),
-            as_of_sequence: slot.as_of_sequence,
-            learned_at: self.epoch + Duration::from_nanos(slot.learned_ns),
-            ttl: Duration::from_nanos(shard.ttls[usize::from(slot.ttl)]),
-        }
-    }
-
-    /// The sequence the stored merchant reflects, fresh or not.
-    pub fn as_of_sequence(&self, id: &str) -> Option<u64> {
-        let key = Key::of(id);
-        let (hash, shard) = self.locate(key);
-        let shard = shard.read();
-        Some(shard.slots[shard.find(hash, key)? as usize].as_of_sequence)
-    }
-
-    pub fn contains(&self, id: &str) -> bool {
-        self.as_of_sequence(id).is_some()
-    }
-
-    /// Stores or replaces the merchant for `id`, evicting another entry if the shard is full.
-    pub fn insert(&self, id: &str, entry: &PositiveEntry) {
-        self.insert_record(id, entry.record());
-    }
-
-    /// [`Self::insert`] from a borrowed record.
-    pub fn insert_record(&self, id: &str, entry: PositiveRecord<'_>) {
-        let key = Key::of(id);
-        let (record, form) = stored_form(id.as_bytes(), entry.merchant);
-        // A text ID leads its record; a packed one lives in the slot.
-        let head = match key {
-            Key::Digits { .. } => &[][..],
-            Key::Text(bytes) => bytes,
-        };
-        let len = u32::try_from(head.len() + record.len()).expect("a merchant record is far below 4 GiB");
-        let status = u8::try_from(entry.status).unwrap_or(u8::MAX);
-        let learned_ns = self.since_epoch(entry.learned_at);
-        let (hash, shard) = self.locate(key);
-        let mut guard = shard.write();
-        let shard = &mut *guard;
-        let ttl = shard.ttl_index(nanos(entry.ttl));
-        if let Some(at) = shard.find(hash, key) {
-            let (old_offset, old_len) = (shard.slots[at as usize].offset, shard.slots[at as usize].len);
-            let offset = if len <= old_len {
-                // Usually a change keeps the record's size: overwrite it where it is.
-                let place = shard.arena.get_mut(old_offset, len);
-                place[..head.len()].copy_from_slice(head);
-                place[head.len()..].copy_from_slice(record);
-                shard.arena.forget(old_len - len);
-                old_offset
-            } else {
-                shard.arena.forget(old_len);
-                shard.arena.push(head, record)
-            };
-            let slot = &mut shard.slots[at as usize];
-            // A merchant that changed is as hot as it was: `uses` stays.
-            (slot.offset, slot.len, slot.form, slot.status) = (offset, len, form, status);
-            (slot.as_of_sequence, slot.learned_ns, slot.ttl) = (entry.as_of_sequence, learned_ns, ttl);
-            if shard.arena.wants_compaction() {
-                shard.compact();
-            }
-            (self.on_eviction)(EvictionCause::Replaced, 1);
-            return;
-        }
-        let room =
-            self.len.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |len| (len < self.capacity).then_some(len + 1));
-        if room.is_err() {
-            if shard.slots.is_empty() {
-                // Full, but every entry hashed elsewhere (only possible with a tiny store spread over
-                // shards): going one over beats taking another shard's lock while holding this one.
-                self.len.fetch_add(1, Ordering::Relaxed);
-            } else {
-                // One out, one in: the count stays as it is, so no other insert can slip past the bound.
-                let cause = self.evict_one(shard);
-                (self.on_eviction)(cause, 1);
-            }
-        }
-        let offset = shard.arena.push(head, record);
-        let (key_field, digits) = match key {
-            Key::Digits { value, count } => (value, count),
-            Key::Text(bytes) => (bytes.len() as u64, 0),
-        };
-        let at = u32::try_from(shard.slots.len()).expect("a shard holds fewer than 4 billion entries");
-        shard.slots.push(Slot {
-            key: key_field,
-            as_of_sequence: entry.as_of_sequence,
-            learned_ns,
-            offset,
-            len,
-            ttl,
-            digits,
-            form,
-            status,
-            uses: AtomicU8::new(1),
-        });
-        let Shard { index, slots, arena, .. } = &mut *shard;
-        index.insert_unique(hash, at, |&at| self.hash(slot_key(arena, &slots[at as usize])));
-        // An eviction above left its record's bytes behind.
-        if shard.arena.wants_compaction() {
-            shard.compact();
-        }
-    }
-
-    fn evict_one(&self, shard: &mut Shard) -> EvictionCause {
-        let now = self.since_epoch(Instant::now());
-        let len = shard.slots.len();
-        let samples: [usize; SAMPLES] = std::array::from_fn(|_| shard.sampler.usize(..len));
-        let expired = |slot: &Slot| now.saturating_sub(slot.learned_ns) >= shard.ttls[usize::from(slot.ttl)];
-        let victim = samples
-            .into_iter()
-            .min_by_key(|&at| {
-                let slot = &shard.slots[at];
-                (!expired(slot), slot.uses.load(Ordering::Relaxed))
-            })
-            .expect("a full shard is not empty");
-        let cause = if expired(&shard.slots[victim]) { EvictionCause::Expired } else { EvictionCause::Size };
-        self.remove_at(shard, victim);
-        shard.evictions_since_aging += 1;
-        if shard.evictions_since_aging >= self.aging_period {
-            shard.evictions_since_aging = 0;
-            for slot in shard.slots.iter() {
-                slot.uses.store(slot.uses.load(Ordering::Relaxed) / 2, Ordering::Relaxed);
-            }
-        }
-        cause
-    }
-
-    /// Takes slot `at` out, moving the last slot into its place (the caller keeps `len` and decides
-    /// when to compact).
-    fn remove_at(&self, shard: &mut Shard, at: usize) {
-        let hash = self.hash(shard.key(&shard.slots[at]));
-        let Ok(found) = shard.index.find_entry(hash, |&other| other as usize == at) else {
-            unreachable!("every slot is indexed");
-        };
-        found.remove();
-        shard.arena.forget(shard.slots[at].len);
-        let last = shard.slots.len() - 1;
-        shard.slots.swap_remove(at);
-        if at != last {
-            let moved = self.hash(shard.key(&shard.slots[at]));
-            let position = shard.index.find_mut(moved, |&other| other as usize == last).expect("every slot is indexed");
-            *position = at as u32;
-        }
-    }
-
-    /// Forgets `id`; returns whether it was stored.
-    pub fn remove(&self, id: &str) -> bool {
-        let key = Key::of(id);
-        let (hash, shard) = self.locate(key);
-        let mut guard = shard.write();
-        let shard = &mut *guard;
-        let Some(at) = shard.find(hash, key) else {
-            return false;
-        };
-        self.remove_at(shard, at as usize);
-        if shard.arena.wants_compaction() {
-            shard.compact();
-        }
-        self.len.fetch_sub(1, Ordering::Relaxed);
-        (self.on_eviction)(EvictionCause::Explicit, 1);
-        true
-    }
-
-    /// Forgets every entry `doomed` picks.
-    pub fn remove_where(&self, mut doomed: impl FnMut(&PositiveEntry) -> bool) {
-        for shard in self.shards.iter() {
-            let mut guard = shard.write();
-            let shard = &mut *guard;
-            let mut at = 0;
-            let mut removed = 0;
-            while at < shard.slots.len() {
-                if doomed(&self.entry(shard, &shard.slots[at])) {
-                    self.remove_at(shard, at);
-                    removed += 1;
-                } else {
-                    at += 1;
-                }
-            }
-            if shard.arena.wants_compaction() {
-                shard.compact();
-            }
-            if removed > 0 {
-                self.len.fetch_sub(removed, Ordering::Relaxed);
-                (self.on_eviction)(EvictionCause::Explicit, removed);
-            }
-        }
-    }
-
-    /// Every entry, shard by shard (each shard read under its lock).
-    pub fn for_each(&self, mut visit: impl FnMut(&str, PositiveEntry)) {
-        for shard in 0..self.shard_count() {
-            self.for_each_in_shard(shard, &mut visit);
-        }
-    }
-
-    /// How many shards [`Self::for_each_in_shard`] walks.
-    pub fn shard_count(&self) -> usize {
-        self.shards.len()
-    }
-
-    /// Every entry of one shard, read under that shard's lock only (so a caller doing slow work between
-    /// shards, such as writing a snapshot, holds no lock meanwhile).
-    pub fn for_each_in_shard(&self, shard: usize, mut visit: impl FnMut(&str, PositiveEntry)) {
-        let mut buffer = [0; MAX_PACKED_DIGITS];
-        let shard = self.shards[shard].read();
-        for slot in shard.slots.iter() {
-            let id = std::str::from_utf8(shard.key(slot).text(&mut buffer)).expect("IDs are stored from &str");
-            visit(id, self.entry(&shard, slot));
-        }
-    }
-
-    pub fn len(&self) -> u64 {
-        self.len.load(Ordering::Relaxed)
-    }
+    let mut buffer = [0; MAX_PACKED_DIGITS];
+    let id = id.text(&mut buffer);
+    let mut bytes = Vec::with_capacity(2 + id.len() + kept.len());
+    // Elided only when the ID's length fits one varint byte, so this is the field as it was.
+    bytes.extend_from_slice(&[ID_FIELD_KEY, id.len() as u8]);
+    bytes.extend_from_slice(id);
+    bytes.extend_from_slice(kept);
+    Bytes::from(bytes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::store::blocks::{BLOCK_SLOTS, CHUNK_BYTES};
+    use crate::cache::metrics::EvictionCause;
+    use crate::cache::store::blocks::CHUNK_BYTES;
+    use crate::cache::store::slots::{MAX_USES, TTL_KINDS};
 
     const LONG: Duration = Duration::from_secs(60);
 
@@ -572,7 +158,7 @@ mod tests {
             let found = store.within(id, Instant::now(), LONG, Duration::ZERO).unwrap();
             assert_eq!(found, entry(id, sequence as u64), "swap-removal kept {id} findable");
         }
-        store.remove_where(|entry| entry.as_of_sequence < 4000);
+        store.remove_where(EvictionCause::Explicit, |stamp| stamp.as_of_sequence < 4000);
         assert_eq!(store.len(), (4000..5000).filter(|sequence| sequence % 3 != 0).count() as u64);
         let mut seen = 0;
         store.for_each(|id, entry| {
@@ -719,16 +305,6 @@ mod tests {
         assert_eq!(store.len(), 0);
     }
 
-    /// Bytes written to a store's arenas, and bytes its slots refer to.
-    fn arena_bytes(store: &PositiveStore) -> (usize, usize) {
-        store.shards.iter().fold((0, 0), |(used, live), shard| {
-            let shard = shard.read();
-            let referenced: usize = shard.slots.iter().map(|slot| slot.len as usize).sum();
-            assert_eq!(shard.arena.used - shard.arena.garbage, referenced, "garbage is counted exactly");
-            (used + shard.arena.used, live + referenced)
-        })
-    }
-
     #[tokio::test(start_paused = true)]
     async fn records_changing_size_read_back_and_their_old_bytes_are_reclaimed() {
         let store = store(1000);
@@ -744,7 +320,7 @@ mod tests {
                     store.remove(id);
                 }
             }
-            let (used, live) = arena_bytes(&store);
+            let (used, live) = store.arena_bytes();
             assert!(used <= live + live / 7 + CHUNK_BYTES, "round {round}: {used} bytes kept for {live}");
         }
         for (i, id) in ids.iter().enumerate() {
@@ -767,39 +343,6 @@ mod tests {
             let found = store.within(&id, Instant::now(), LONG, Duration::ZERO).unwrap();
             assert_eq!((found.ttl, found.as_of_sequence), (ttl(i), i));
         }
-        assert!(store.shards[0].read().ttls.len() <= TTL_KINDS);
-    }
-
-    #[test]
-    fn the_slab_keeps_slots_across_blocks_and_frees_blocks_it_no_longer_needs() {
-        let slot = |key| Slot {
-            key,
-            as_of_sequence: 0,
-            learned_ns: 0,
-            offset: 0,
-            len: 0,
-            ttl: 0,
-            digits: 1,
-            form: FORM_WHOLE,
-            status: 0,
-            uses: AtomicU8::new(0),
-        };
-        let mut slab = Slab::default();
-        let mut model = Vec::new();
-        for key in 0..(3 * BLOCK_SLOTS as u64 + 5) {
-            slab.push(slot(key));
-            model.push(key);
-        }
-        let mut random = fastrand::Rng::with_seed(1);
-        while model.len() > 10 {
-            let at = random.usize(..model.len());
-            slab.swap_remove(at);
-            model.swap_remove(at);
-            assert_eq!(slab.len(), model.len());
-            assert!(slab.blocks.len() <= model.len().div_ceil(BLOCK_SLOTS) + 1);
-        }
-        let keys: Vec<u64> = slab.iter().map(|slot| slot.key).collect();
-        assert_eq!(keys, model);
-        assert_eq!((0..model.len()).map(|at| slab[at].key).collect::<Vec<_>>(), model);
+        assert!(store.ttl_kinds() <= TTL_KINDS);
     }
 }
