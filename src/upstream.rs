@@ -11,6 +11,10 @@ use crate::wire::ListingClient;
 /// Initial-metadata key of WatchChanges responses naming the core's history incarnation.
 pub const INCARNATION_HEADER: &str = "x-core-incarnation";
 
+/// HTTP/2 receive window per call from the core: a whole default snapshot page (5,000 merchants of
+/// about 100 bytes) fits.
+const SNAPSHOT_STREAM_WINDOW: u32 = 1 << 20;
+
 /// Why the core gave no answer. Cloneable because one failure is shared by every coalesced caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UpstreamError {
@@ -50,6 +54,10 @@ impl CoreClient {
             .map_err(|e| format!("invalid upstream endpoint {url}: {e}"))?
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
+            // A snapshot page is hundreds of kilobytes; with HTTP/2's default 64 KiB windows each page
+            // waited for several window updates, and a warm start for thousands of them.
+            .initial_stream_window_size(SNAPSHOT_STREAM_WINDOW)
+            .initial_connection_window_size(SNAPSHOT_STREAM_WINDOW * 2)
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_while_idle(true);
         let channel = endpoint.connect_lazy();

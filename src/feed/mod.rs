@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::Status;
@@ -66,34 +66,54 @@ struct Page {
     incarnation: String,
 }
 
-/// Reads one snapshot page and checks its merchants: a page with one the edge could not answer with
-/// fails whole, like a page that does not decode, and the sync is retried.
-async fn read_page(core: &mut ListingClient<Channel>, request: ListingRequest) -> Result<Page, Status> {
-    let page = core.list_merchants(request).await?.into_inner();
+/// Checks a snapshot page's merchants: a page with one the edge could not answer with fails whole,
+/// like a page that does not decode, and the sync is retried.
+fn checked(page: ListingPage) -> Result<Page, Status> {
     let merchants =
         ListedMerchants::check(page.merchants).map_err(|malformed| Status::data_loss(malformed.to_string()))?;
     let ListingPage { next_page_token, as_of_sequence, incarnation, .. } = page;
     Ok(Page { merchants, next_page_token, as_of_sequence, incarnation })
 }
 
-/// Reads snapshot pages from `request` on, in order, until the last one or an error.
+/// Reads one snapshot page and checks it.
+async fn read_page(core: &mut ListingClient<Channel>, request: ListingRequest) -> Result<Page, Status> {
+    checked(core.list_merchants(request).await?.into_inner())
+}
+
+/// Asks for one snapshot page on its own task (stopped if the answer is no longer wanted).
+fn ask_for_page(
+    core: &ListingClient<Channel>,
+    request: &ListingRequest,
+) -> (JoinHandle<Result<ListingPage, Status>>, AbortOnDrop) {
+    let (mut core, request) = (core.clone(), request.clone());
+    let call = tokio::spawn(
+        async move { core.list_merchants(request).await.map(tonic::Response::into_inner) }.in_current_span(),
+    );
+    let stop = AbortOnDrop(call.abort_handle());
+    (call, stop)
+}
+
+/// Reads snapshot pages from `request` on, in order, until the last one or an error. The next page is
+/// asked for as soon as a page arrives, before its merchants are checked, so the core builds one page
+/// while the edge checks the one before.
 async fn fetch_pages(
-    mut core: ListingClient<Channel>,
+    core: ListingClient<Channel>,
     mut request: ListingRequest,
     pages: mpsc::Sender<Result<Page, Status>>,
 ) {
-    loop {
-        let page = read_page(&mut core, request.clone()).await;
-        let next = match &page {
-            Ok(page) if !page.next_page_token.is_empty() => Some(page.next_page_token.clone()),
-            _ => None,
-        };
-        if pages.send(page).await.is_err() {
+    let mut next = Some(ask_for_page(&core, &request));
+    while let Some((call, _stop)) = next.take() {
+        let page = call.await.unwrap_or_else(|_| Err(Status::aborted("the snapshot page call stopped")));
+        let page = page.and_then(|page| {
+            if !page.next_page_token.is_empty() {
+                request.page_token = page.next_page_token.clone();
+                next = Some(ask_for_page(&core, &request));
+            }
+            checked(page)
+        });
+        let failed = page.is_err();
+        if pages.send(page).await.is_err() || failed {
             return;
-        }
-        match next {
-            Some(token) => request.page_token = token,
-            None => return,
         }
     }
 }

@@ -117,7 +117,8 @@ impl Stores {
 
     /// Stores a merchant and forgets any "not found" for it (`held` is what [`Self::stored`] said).
     pub(super) fn put_positive(&self, id: &str, entry: PositiveRecord<'_>, held: Option<Stored>) {
-        if !matches!(held, Some(Stored::Positive(_))) {
+        // `held` was read under the ID's slot, which every write for the ID holds, so it is exact.
+        if matches!(held, Some(Stored::Negative(_))) {
             self.negative.remove(id);
         }
         self.positive.insert_record(id, entry);
@@ -130,7 +131,7 @@ impl Stores {
 
     /// Stores a "not found" and forgets any merchant for that ID (`held` is what [`Self::stored`] said).
     pub(super) fn put_negative(&self, id: Arc<str>, entry: NegativeEntry, held: Option<Stored>) {
-        if !matches!(held, Some(Stored::Negative(_))) {
+        if matches!(held, Some(Stored::Positive(_))) {
             self.positive.remove(&id);
         }
         self.negative.insert(&id, &entry);
@@ -148,6 +149,9 @@ impl Stores {
     pub fn stored(&self, id: &str) -> Option<Stored> {
         match self.positive.as_of_sequence(id) {
             Some(sequence) => Some(Stored::Positive(sequence)),
+            // An empty negative store (every warm start) needs no probe: its count is exact, and a
+            // "not found" for this ID could only be added under the slot the caller holds.
+            None if self.negative.len() == 0 => None,
             None => self.negative.as_of_sequence(id).map(Stored::Negative),
         }
     }
@@ -238,11 +242,14 @@ mod tests {
     #[tokio::test]
     async fn positive_and_negative_exclude_each_other() {
         let stores = stores(100);
-        stores.put_negative("a".into(), not_found(LONG), None);
-        stores.put_positive("a", merchant("a").record(), None);
+        // Writers pass what `stored` said (the cache room reads it under the ID's slot).
+        stores.put_negative("a".into(), not_found(LONG), stores.stored("a"));
+        stores.put_positive("a", merchant("a").record(), stores.stored("a"));
         assert!(stores.fresh_negative("a", Instant::now(), LONG).is_none());
-        stores.put_negative("a".into(), not_found(LONG), None);
+        assert_eq!(stores.entry_counts(), (1, 0));
+        stores.put_negative("a".into(), not_found(LONG), stores.stored("a"));
         assert!(stores.fresh_positive("a", Instant::now(), LONG).is_none());
+        assert_eq!(stores.entry_counts(), (0, 1));
         stores.remove("a");
         assert!(stores.fresh_negative("a", Instant::now(), LONG).is_none());
     }

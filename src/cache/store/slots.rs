@@ -21,20 +21,18 @@
 //! (saturating at `MAX_USES`) and halve after every `AGING_ROUNDS` shard-fulls of evictions, so a scan
 //! of IDs seen once evicts other once-seen IDs while hot entries keep their counts.
 //!
-//! A read writes nothing another core reads: a hot entry's saturated count is only loaded, and shards
-//! sit behind crossbeam's `ShardedLock`, whose readers lock the part of it their thread is assigned
-//! (eight, each on its own cache line). A `parking_lot::RwLock` read was an atomic add and a subtract
-//! on the one line of the shard's lock, so two cores answering the same ID wrote that line twice per
-//! lookup each. Writers take all eight parts; a warm start of 1,000,000 merchants, all writes, took as
-//! long and as much CPU with this lock as with the one lock (1.8 – 2.4 s either way).
+//! A read writes only its shard's lock word: a hot entry's saturated count is only loaded. Shards sit
+//! behind a `parking_lot::RwLock`. crossbeam's `ShardedLock` (readers lock their thread's part of eight,
+//! each on its own line) was tried: hits cost the same within noise (11 rounds side by side, median
+//! 0.99), and its writers take all eight parts, which made inserts from two warm-start installers the
+//! largest cost of a 10M warm start (21% of its CPU, ready after 12 s against 10.8 s).
 use std::hash::BuildHasher;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::PoisonError;
 use std::time::Duration;
 
-use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 use hashbrown::{DefaultHashBuilder, HashTable};
+use parking_lot::RwLock;
 use tokio::time::Instant;
 
 use super::blocks::{Arena, Slab};
@@ -214,23 +212,12 @@ impl<X> Shard<X> {
     }
 }
 
-// Shards are written only by the cache room's bounded operations. The `parking_lot` lock this one
-// replaced did not poison; failing every lookup of a shard after one writer panicked would be worse
-// than reading what that writer left.
-fn read<T>(lock: &ShardedLock<T>) -> ShardedLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn write<T>(lock: &ShardedLock<T>) -> ShardedLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// What happened to entries that left the store, and how many, for the eviction metrics.
 pub type EvictionSink = Box<dyn Fn(EvictionCause, u64) + Send + Sync>;
 
 /// A bounded store of entries of kind `R` (see the module docs).
 pub(super) struct SlotStore<R: Record> {
-    shards: Box<[ShardedLock<Shard<R::Extra>>]>,
+    shards: Box<[RwLock<Shard<R::Extra>>]>,
     /// The bound is on the whole store, not per shard: hashing never fills shards evenly, and a
     /// per-shard bound would evict entries from a full shard while others still had room.
     capacity: u64,
@@ -255,7 +242,7 @@ impl<R: Record> SlotStore<R> {
         Self {
             shards: (0..shards)
                 .map(|seed| {
-                    ShardedLock::new(Shard {
+                    RwLock::new(Shard {
                         index: HashTable::new(),
                         slots: Slab::default(),
                         arena: Arena::default(),
@@ -286,7 +273,7 @@ impl<R: Record> SlotStore<R> {
         }
     }
 
-    fn locate(&self, key: Key<'_>) -> (u64, &ShardedLock<Shard<R::Extra>>) {
+    fn locate(&self, key: Key<'_>) -> (u64, &RwLock<Shard<R::Extra>>) {
         let hash = self.hash(key);
         // Middle bits: the table uses the low bits for the bucket and the top seven as a tag, so
         // choosing the shard from either would leave every entry of a shard alike in those bits.
@@ -316,7 +303,7 @@ impl<R: Record> SlotStore<R> {
     pub(super) fn within(&self, id: &str, now: Instant, ttl: Duration, past_ttl: Duration) -> Option<R> {
         let key = Key::of(id);
         let (hash, shard) = self.locate(key);
-        let shard = read(shard);
+        let shard = shard.read();
         let slot = &shard.slots[shard.find(hash, key)? as usize];
         let age = self.since_epoch(now).saturating_sub(slot.learned_ns);
         let stamped = shard.ttls[usize::from(slot.ttl)];
@@ -335,7 +322,7 @@ impl<R: Record> SlotStore<R> {
     pub(super) fn as_of_sequence(&self, id: &str) -> Option<u64> {
         let key = Key::of(id);
         let (hash, shard) = self.locate(key);
-        let shard = read(shard);
+        let shard = shard.read();
         Some(shard.slots[shard.find(hash, key)? as usize].as_of_sequence)
     }
 
@@ -361,7 +348,7 @@ impl<R: Record> SlotStore<R> {
         let len = u32::try_from(head.len() + record.len()).expect("a record is far below 4 GiB");
         let learned_ns = self.since_epoch(stamp.learned_at);
         let (hash, shard) = self.locate(key);
-        let mut guard = write(shard);
+        let mut guard = shard.write();
         let shard = &mut *guard;
         let ttl = shard.ttl_index(nanos(stamp.ttl));
         if let Some(at) = shard.find(hash, key) {
@@ -470,7 +457,7 @@ impl<R: Record> SlotStore<R> {
     pub(super) fn remove(&self, id: &str) -> bool {
         let key = Key::of(id);
         let (hash, shard) = self.locate(key);
-        let mut guard = write(shard);
+        let mut guard = shard.write();
         let shard = &mut *guard;
         let Some(at) = shard.find(hash, key) else {
             return false;
@@ -488,13 +475,13 @@ impl<R: Record> SlotStore<R> {
     /// read, so lookups of its IDs do not wait; `doomed` is asked again under the write lock.
     pub(super) fn remove_where(&self, cause: EvictionCause, mut doomed: impl FnMut(Stamp) -> bool) {
         for shard in self.shards.iter() {
-            let reading = read(shard);
+            let reading = shard.read();
             let wanted = reading.slots.iter().any(|slot| doomed(self.stamp(&reading, slot)));
             drop(reading);
             if !wanted {
                 continue;
             }
-            let mut guard = write(shard);
+            let mut guard = shard.write();
             let shard = &mut *guard;
             let mut at = 0;
             let mut removed = 0;
@@ -538,7 +525,7 @@ impl<R: Record> SlotStore<R> {
     /// shards, such as writing a snapshot, holds no lock meanwhile).
     pub(super) fn for_each_in_shard(&self, shard: usize, mut visit: impl FnMut(&str, R)) {
         let mut buffer = [0; MAX_PACKED_DIGITS];
-        let shard = read(&self.shards[shard]);
+        let shard = self.shards[shard].read();
         for slot in shard.slots.iter() {
             let id = std::str::from_utf8(shard.key(slot).text(&mut buffer)).expect("IDs are stored from &str");
             visit(id, self.entry(&shard, slot));
@@ -554,7 +541,7 @@ impl<R: Record> SlotStore<R> {
     #[cfg(test)]
     pub(super) fn arena_bytes(&self) -> (usize, usize) {
         self.shards.iter().fold((0, 0), |(used, live), shard| {
-            let shard = read(shard);
+            let shard = shard.read();
             let referenced: usize = shard.slots.iter().map(|slot| slot.len as usize).sum();
             assert_eq!(shard.arena.used - shard.arena.garbage, referenced, "garbage is counted exactly");
             (used + shard.arena.used, live + referenced)
@@ -564,6 +551,6 @@ impl<R: Record> SlotStore<R> {
     /// The most TTLs any shard names.
     #[cfg(test)]
     pub(super) fn ttl_kinds(&self) -> usize {
-        self.shards.iter().map(|shard| read(shard).ttls.len()).max().unwrap_or(0)
+        self.shards.iter().map(|shard| shard.read().ttls.len()).max().unwrap_or(0)
     }
 }
