@@ -22,6 +22,10 @@ pub async fn serve(config_file: Option<&Path>) -> Result<ExitCode, String> {
         None => Config::default(),
     };
     let log = crate::telemetry::init_logging(&config.log);
+    // Before the stores grow: the setting applies to memory faulted in from now on.
+    if let Err(error) = crate::huge_pages::allow(config.server.transparent_huge_pages) {
+        tracing::warn!(%error, "cannot change whether transparent huge pages are used; keeping the system's setting");
+    }
     let upstream = match &config.upstream.endpoint {
         UpstreamEndpoint::Embedded => {
             let merchants = crate::text::count(config.upstream.embedded_merchants, "merchant", "merchants");

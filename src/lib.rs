@@ -25,14 +25,15 @@
 //!   written crash-safe every interval and at drain.
 //! - [`server`]: assembles a running edge from a config and bound listeners, and drains it;
 //!   [`runtime`]: where gRPC calls run (one single-threaded runtime per core on `SO_REUSEPORT`
-//!   sockets, or the shared multi-thread one), background work staying on the main runtime.
+//!   sockets, or the shared multi-thread one), background work staying on the main runtime;
+//!   `huge_pages`: whether the process may use transparent huge pages.
 //! - [`relay`]: `merchant-edge relay`: follows the core's change stream into a NATS JetStream stream,
 //!   each notice once and in core order, for a fleet of edges.
 //! - [`sim`]: the bank-core simulator (`core-sim`, and the embedded default upstream).
 //! - [`client`], [`commands`]: the `lookup` and `explain` clients (the `explain` report as aligned
 //!   lines for people) and the binary's subcommands.
 //! - [`pb`]: generated protobuf code; [`wire`]: the server's encoding of the lookup contract, with
-//!   merchants encoded once per version.
+//!   merchants encoded once per version, and the snapshot reader's (listed merchants kept as bytes).
 mod accept;
 mod admin;
 mod admin_auth;
@@ -45,6 +46,7 @@ pub mod config;
 mod explain;
 pub mod feed;
 pub mod guard;
+mod huge_pages;
 pub mod live;
 pub mod lookup;
 pub mod merchant_id;

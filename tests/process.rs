@@ -82,6 +82,25 @@ impl Served {
     }
 }
 
+/// The kernel's view of whether the process may use transparent huge pages.
+fn thp_enabled(served: &Served) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", served.child.id().unwrap())).unwrap();
+    let line = status.lines().find(|line| line.starts_with("THP_enabled:")).expect("the kernel reports THP_enabled");
+    line["THP_enabled:".len()..].trim().to_owned()
+}
+
+#[tokio::test]
+async fn transparent_huge_pages_are_off_unless_configured() {
+    let default = Served::start("thp-default", config_text("", "")).await;
+    assert_eq!(thp_enabled(&default), "0", "off by default");
+    let allowed = Served::start("thp-allowed", config_text("transparent_huge_pages = true\n", "")).await;
+    assert_eq!(thp_enabled(&allowed), "1", "the system's setting when allowed");
+    for served in [default, allowed] {
+        served.signal("-TERM");
+        assert_eq!(served.exit().await.0.code(), Some(0));
+    }
+}
+
 #[tokio::test]
 async fn sigterm_drains_cleanly_and_exits_zero() {
     let served = Served::start("clean", config_text("", "")).await;

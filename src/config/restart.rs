@@ -55,6 +55,12 @@ const RESTART_ONLY: &[RestartOnly] = &[
         show: |c| c.server.threads.map_or_else(|| "one per core".to_owned(), |threads| threads.to_string()),
         keep: |c, running| c.server.threads = running.server.threads,
     },
+    // Memory already faulted in keeps the pages it got.
+    RestartOnly {
+        key: "server.transparent_huge_pages",
+        show: |c| c.server.transparent_huge_pages.to_string(),
+        keep: |c, running| c.server.transparent_huge_pages = running.server.transparent_huge_pages,
+    },
     // Certificates are re-read on reload; turning TLS on or off takes a restart.
     RestartOnly {
         key: "server.tls",
