@@ -28,9 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     wire.file.retain(|file| file.name() == LOOKUP_PROTO || file.package() == "google.protobuf");
     let lookup = wire.file.iter_mut().find(|file| file.name() == LOOKUP_PROTO).ok_or("lookup.proto missing")?;
     for message in lookup.message_type.iter_mut().filter(|m| ANSWERS.contains(&m.name())) {
-        let field = message.field.iter_mut().find(|f| f.name() == "merchant").ok_or("merchant field missing")?;
-        field.set_type(Type::Bytes);
-        field.type_name = None;
+        retype_to_bytes(message.field.iter_mut().find(|f| f.name() == "merchant").ok_or("merchant field missing")?);
     }
     let listing = listing_twin(&descriptors)?;
     let fields = merchant_fields(&descriptors)?;
@@ -57,9 +55,7 @@ fn listing_twin(
     let mut core = descriptors.file.iter().find(|file| file.name() == CORE_PROTO).ok_or("core.proto missing")?.clone();
     core.message_type.retain(|message| ["ListMerchantsRequest", "ListMerchantsResponse"].contains(&message.name()));
     let response = core.message_type.iter_mut().find(|m| m.name() == "ListMerchantsResponse").ok_or("no response")?;
-    let merchants = response.field.iter_mut().find(|f| f.name() == "merchants").ok_or("merchants field missing")?;
-    merchants.set_type(Type::Bytes);
-    merchants.type_name = None;
+    retype_to_bytes(response.field.iter_mut().find(|f| f.name() == "merchants").ok_or("merchants field missing")?);
     core.enum_type.clear();
     core.service.retain(|service| service.name() == "MerchantCore");
     let service = core.service.first_mut().ok_or("MerchantCore missing")?;
@@ -92,4 +88,10 @@ fn merchant_fields(descriptors: &prost_types::FileDescriptorSet) -> Result<Strin
     table += &format!("const MERCHANT_ID_FIELD: u32 = {};\n", number("merchant_id").ok_or("no merchant_id")?);
     table += &format!("const MERCHANT_STATUS_FIELD: u32 = {};\n", number("status").ok_or("no status")?);
     Ok(table)
+}
+
+/// Makes a message field `bytes`: the same wire format, so its value can be carried pre-encoded.
+fn retype_to_bytes(field: &mut prost_types::FieldDescriptorProto) {
+    field.set_type(Type::Bytes);
+    field.type_name = None;
 }

@@ -297,7 +297,7 @@ async fn three_edges_on_two_relays_converge_never_answer_older_than_applied_and_
     assert_answers(&edges, 0..300).await;
 
     assert_eq!(core.stats().await.watch_streams_open, 2, "one watch per relay, none per edge");
-    let js = async_nats::jetstream::new(nats.client().await);
+    let js = nats.jetstream().await;
     let incarnation = core.stats().await.incarnation;
     assert_stream_contiguous(&js, &incarnation, head).await;
     for edge in edges.iter() {
@@ -343,7 +343,7 @@ async fn a_cached_not_found_flips_to_found_on_every_edge_after_onboarding() {
 async fn killing_either_relay_again_and_again_loses_and_repeats_nothing_and_the_edges_converge() {
     let core = Core::start(2_000).await;
     let nats = NatsServer::start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    let js = nats.jetstream().await;
     let incarnation = core.stats().await.incarnation;
     let mut relays = [
         RunningRelay::start(relay_config(&core, &nats.url())).await,
@@ -415,7 +415,7 @@ async fn a_restarted_nats_server_loses_nothing_and_edges_and_relays_resume() {
     let head = churn(&core.url(), 150, 50, None).await;
     wait_converged(&edges, &core).await;
     assert_answers(&edges, 0..200).await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    let js = nats.jetstream().await;
     assert_stream_contiguous(&js, &incarnation, head).await;
     for edge in &edges {
         assert_eq!(edge.metrics.feed.resyncs(ResyncReason::TooOld), 0, "resumed, not reloaded");
@@ -449,7 +449,7 @@ async fn a_stream_trimmed_past_a_disconnected_edge_makes_that_edge_resync_and_no
     proxy.cut();
     eventually("the away edge sees its feed down", || async { (!away.feed.is_connected()).then_some(()) }).await;
     let head = churn(&core.url(), 20, 60, None).await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    let js = nats.jetstream().await;
     eventually("the relays appended the churn", || async {
         let stream = js.get_stream(DEFAULT_STREAM).await.ok()?;
         let last = stream.get_last_raw_message_by_subject(DEFAULT_SUBJECT).await.ok()?;
@@ -513,7 +513,7 @@ async fn a_core_restarted_with_a_new_incarnation_makes_relays_and_edges_resync()
 async fn an_edge_resumes_exactly_after_its_applied_sequence_in_a_stream_shared_with_other_subjects() {
     let core = Core::start(1_000).await;
     let nats = NatsServer::start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    let js = nats.jetstream().await;
     // An operator's stream that carries other subjects too: stream sequences no longer follow core
     // sequences one for one, so the edge must search for where to resume.
     let operator = async_nats::jetstream::stream::Config {

@@ -163,7 +163,7 @@ fn metric(text: &str, series: &str) -> f64 {
 async fn one_relay_appends_each_notice_once_in_core_order_and_a_restarted_relay_resumes_from_the_stream() {
     let core = Core::start(1_000).await;
     let nats = NatsServer::start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    let js = nats.jetstream().await;
     let incarnation = core.stats().await.incarnation;
 
     let relay = RunningRelay::start(relay_config(&core, &nats)).await;
@@ -201,7 +201,7 @@ async fn one_relay_appends_each_notice_once_in_core_order_and_a_restarted_relay_
 async fn two_relays_killed_again_and_again_during_churn_lose_and_repeat_nothing() {
     let core = Core::start(5_000).await;
     let nats = NatsServer::start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    let js = nats.jetstream().await;
     let incarnation = core.stats().await.incarnation;
     let mut relays =
         [RunningRelay::start(relay_config(&core, &nats)).await, RunningRelay::start(relay_config(&core, &nats)).await];
@@ -259,7 +259,7 @@ async fn a_restarted_nats_server_loses_nothing_and_the_relays_resume() {
     let incarnation = core.stats().await.incarnation;
     let relays =
         [RunningRelay::start(relay_config(&core, &nats)).await, RunningRelay::start(relay_config(&core, &nats)).await];
-    let js = async_nats::jetstream::new(nats.client().await);
+    let js = nats.jetstream().await;
     let head = churn(&core, 0, 100).await;
     wait_for_tail(&js, &incarnation, head).await;
 
@@ -268,7 +268,7 @@ async fn a_restarted_nats_server_loses_nothing_and_the_relays_resume() {
     churn(&core, 100, 50).await;
     nats.restart().await;
     let head = churn(&core, 150, 50).await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    let js = nats.jetstream().await;
     wait_for_tail(&js, &incarnation, head).await;
     assert_eq!(positions(&read_stream(&js).await), notices(&incarnation, 1..=head));
     // The other relay may have relayed everything while this one's client still waits to reconnect.
@@ -288,7 +288,7 @@ async fn a_core_restarted_with_a_new_incarnation_continues_in_the_stream_after_a
     let addr = listener.local_addr().unwrap();
     let mut core = Core::start_with(Simulator::new(1_000, 10_000), listener).await;
     let nats = NatsServer::start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    let js = nats.jetstream().await;
     let old = core.stats().await.incarnation;
     let relay = RunningRelay::start(relay_config(&core, &nats)).await;
     let old_head = churn(&core, 0, 50).await;
@@ -319,7 +319,7 @@ async fn history_trimmed_past_the_stream_gets_a_too_old_marker_and_the_stream_go
     // The core keeps only 20 changes.
     let core = Core::start_with(Simulator::new(1_000, 20), loopback().await).await;
     let nats = NatsServer::start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    let js = nats.jetstream().await;
     let incarnation = core.stats().await.incarnation;
     let relay = RunningRelay::start(relay_config(&core, &nats)).await;
     let first = churn(&core, 0, 10).await;
@@ -345,7 +345,7 @@ async fn the_relay_logs_in_with_user_and_password_and_never_shows_the_password()
     let user = User { name: "relay".into(), password: "s3cret-pw".into() };
     let core = Core::start(1_000).await;
     let nats = NatsServer::start_with_user(&user).await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    let js = nats.jetstream().await;
     let incarnation = core.stats().await.incarnation;
     let secrets = common::Scratch::new(&format!("relay-auth-{}", nats.port));
 
@@ -401,7 +401,7 @@ async fn the_server_refuses_an_append_onto_a_stale_tail_and_acknowledges_a_repea
     );
     assert_eq!(publisher.tail().await.unwrap(), Some(second));
 
-    let js = async_nats::jetstream::new(nats.client().await);
+    let js = nats.jetstream().await;
     let mut stream = js.get_stream(DEFAULT_STREAM).await.unwrap();
     let settings = stream.info().await.unwrap().config.clone();
     let limits = StreamLimits::default();
@@ -417,7 +417,7 @@ async fn the_server_refuses_an_append_onto_a_stale_tail_and_acknowledges_a_repea
 async fn an_operators_stream_is_used_as_it_is_and_one_without_the_subject_stops_the_relay() {
     let core = Core::start(1_000).await;
     let nats = NatsServer::start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    let js = nats.jetstream().await;
     let operator = StreamConfig {
         name: DEFAULT_STREAM.into(),
         subjects: vec!["merchant.>".into()],
@@ -447,7 +447,7 @@ async fn an_operators_stream_is_used_as_it_is_and_one_without_the_subject_stops_
 async fn gaps_repeats_and_dropped_watches_at_the_core_leave_the_stream_contiguous() {
     let core = Core::start(1_000).await;
     let nats = NatsServer::start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    let js = nats.jetstream().await;
     let incarnation = core.stats().await.incarnation;
     let relay = RunningRelay::start(relay_config(&core, &nats)).await;
     let head = churn(&core, 0, 10).await;
@@ -497,7 +497,7 @@ async fn the_relay_stops_cleanly_when_its_shutdown_future_completes() {
 async fn a_subject_emptied_by_the_streams_limits_goes_on_from_the_core_head_after_a_too_old_marker() {
     let core = Core::start(1_000).await;
     let nats = NatsServer::start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    let js = nats.jetstream().await;
     let incarnation = core.stats().await.incarnation;
     let relay = RunningRelay::start(relay_config(&core, &nats)).await;
     let before = churn(&core, 0, 10).await;
@@ -524,7 +524,7 @@ async fn a_subject_emptied_by_the_streams_limits_goes_on_from_the_core_head_afte
 async fn a_deleted_stream_is_created_again_with_the_cores_kept_history() {
     let core = Core::start(1_000).await;
     let nats = NatsServer::start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    let js = nats.jetstream().await;
     let incarnation = core.stats().await.incarnation;
     let relay = RunningRelay::start(relay_config(&core, &nats)).await;
     let head = churn(&core, 0, 10).await;
@@ -543,7 +543,7 @@ async fn the_relay_command_relays_with_a_password_file_and_exits_cleanly_on_sigt
     let user = User { name: "relay".into(), password: "pw-from-a-file".into() };
     let core = Core::start(1_000).await;
     let nats = NatsServer::start_with_user(&user).await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    let js = nats.jetstream().await;
     let incarnation = core.stats().await.incarnation;
     let secrets = common::Scratch::new(&format!("relay-command-{}", nats.port));
     let password_file = secrets.write("password", &format!("{}\n", user.password));
@@ -588,7 +588,7 @@ async fn the_relay_talks_tls_to_a_nats_server_it_trusts_through_the_given_ca() {
     let tls = Tls { cert, key, ca: pki.scratch.0.join("ca.pem") };
     let core = Core::start(1_000).await;
     let nats = NatsServer::start_with_tls(&tls).await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    let js = nats.jetstream().await;
     let incarnation = core.stats().await.incarnation;
 
     let mut config = relay_config(&core, &nats);

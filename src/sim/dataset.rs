@@ -74,7 +74,7 @@ const CITIES: &[&str] = &[
 pub fn synthetic_id(index: u64) -> String {
     let mut id = String::with_capacity(ID_PREFIX.len() + INDEX_DIGITS);
     id.push_str(ID_PREFIX);
-    push_decimal(&mut id, index, INDEX_DIGITS);
+    id.push_str(decimal(index, INDEX_DIGITS).as_str());
     id
 }
 
@@ -119,17 +119,12 @@ fn synthetic_name(stem: &str, kind: &str, index: u64) -> String {
     for part in [stem, " ", kind, " #"] {
         name.push_str(part);
     }
-    push_decimal(&mut name, index % 1000, 1);
+    name.push_str(decimal(index % 1000, 1).as_str());
     name
 }
 
-/// Appends `value` in decimal, zero-padded to at least `width` digits. A listing of the simulator's
-/// merchants generates every one of them, and `format!` was a third of that.
-fn push_decimal(out: &mut String, value: u64, width: usize) {
-    out.push_str(decimal(value, width).as_str());
-}
-
-/// `value` in decimal, zero-padded to at least `width` digits, without allocating.
+/// `value` in decimal, zero-padded to at least `width` digits, without allocating: a listing of the
+/// simulator's merchants generates every one of them, and `format!` was a third of that.
 fn decimal(value: u64, width: usize) -> Decimal {
     let mut digits = [b'0'; 20];
     let mut at = digits.len();

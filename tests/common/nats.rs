@@ -157,6 +157,11 @@ impl NatsServer {
         self.options().connect(self.url()).await.expect("connect to nats-server")
     }
 
+    /// A JetStream context over a new [`Self::client`].
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        async_nats::jetstream::new(self.client().await)
+    }
+
     /// Stops the server as an operator would (SIGTERM; SIGKILL if it has not exited within 10 s) and
     /// waits until it has exited.
     pub async fn stop(&mut self) {

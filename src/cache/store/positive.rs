@@ -44,11 +44,11 @@ impl Record for PositiveEntry {
     type Extra = Kept;
 
     fn stamp(&self) -> Stamp {
-        Stamp { as_of_sequence: self.as_of_sequence, learned_at: self.learned_at, ttl: self.ttl }
+        self.record().stamp()
     }
 
     fn stored<'a>(&'a self, id: &str) -> (&'a [u8], Kept) {
-        kept(id, self.merchant.as_slice(), self.merchant.status())
+        self.record().kept(id)
     }
 
     fn read_back(id: Key<'_>, kept: &[u8], extra: Kept, stamp: Stamp) -> Self {
@@ -59,12 +59,6 @@ impl Record for PositiveEntry {
             ttl: stamp.ttl,
         }
     }
-}
-
-/// What a merchant's slot and arena keep of `merchant`, stored under `id`.
-fn kept<'m>(id: &str, merchant: &'m [u8], status: i32) -> (&'m [u8], Kept) {
-    let (record, form) = stored_form(id.as_bytes(), merchant);
-    (record, Kept { form, status: u8::try_from(status).unwrap_or(u8::MAX) })
 }
 
 /// A merchant to store, borrowed from wherever its writer holds it (a snapshot page holds many).
@@ -95,12 +89,23 @@ impl PositiveEntry {
     }
 }
 
+impl<'m> PositiveRecord<'m> {
+    fn stamp(self) -> Stamp {
+        Stamp { as_of_sequence: self.as_of_sequence, learned_at: self.learned_at, ttl: self.ttl }
+    }
+
+    /// What the slot and the arena keep of the merchant stored under `id`.
+    fn kept(self, id: &str) -> (&'m [u8], Kept) {
+        let (record, form) = stored_form(id.as_bytes(), self.merchant);
+        (record, Kept { form, status: u8::try_from(self.status).unwrap_or(u8::MAX) })
+    }
+}
+
 impl PositiveStore {
     /// Stores a borrowed merchant record under `id`.
     pub(super) fn insert_record(&self, id: &str, entry: PositiveRecord<'_>) {
-        let (record, extra) = kept(id, entry.merchant, entry.status);
-        let stamp = Stamp { as_of_sequence: entry.as_of_sequence, learned_at: entry.learned_at, ttl: entry.ttl };
-        self.insert_parts(id, record, extra, stamp);
+        let (record, extra) = entry.kept(id);
+        self.insert_parts(id, record, extra, entry.stamp());
     }
 }
 
