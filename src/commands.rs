@@ -90,6 +90,49 @@ pub async fn core_sim(listen: SocketAddr, merchants: u64, history: usize) -> Res
     simulator.serve(listener, termination()).await.map_err(|e| e.to_string())
 }
 
+/// Where `merchant-edge core-pg` listens, as the command line overrides the config.
+pub struct CorePgArgs {
+    /// `--config`.
+    pub config: Option<std::path::PathBuf>,
+    /// `--database-url` (or `DATABASE_URL`).
+    pub database_url: Option<String>,
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--admin`.
+    pub admin: Option<SocketAddr>,
+}
+
+/// `merchant-edge core-pg`: the core contract over a PostgreSQL table until SIGINT or SIGTERM.
+pub async fn core_pg(args: CorePgArgs) -> Result<(), String> {
+    let mut config = match &args.config {
+        Some(path) => crate::core_pg::CorePgConfig::load(path).map_err(|e| e.to_string())?,
+        None => crate::core_pg::CorePgConfig::default(),
+    };
+    if let Some(url) = args.database_url {
+        config.postgres.url = url;
+    }
+    if config.postgres.url.is_empty() {
+        return Err("no database: pass --database-url URL (or set DATABASE_URL, or [postgres] url)".into());
+    }
+    config.server.listen = args.listen.unwrap_or(config.server.listen);
+    config.admin.listen = args.admin.unwrap_or(config.admin.listen);
+    crate::telemetry::init_logging(&config.log);
+    let bind = |addr: SocketAddr, what: &'static str| async move {
+        TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))
+    };
+    let grpc = bind(config.server.listen, "--listen").await?;
+    let admin = bind(config.admin.listen, "--admin").await?;
+    let local = |listener: &TcpListener| listener.local_addr().map_err(|e| e.to_string());
+    println!(
+        "core-pg listening for gRPC on {} (admin http://{}), serving table {} through slot {}",
+        local(&grpc)?,
+        local(&admin)?,
+        config.postgres.table,
+        config.postgres.slot
+    );
+    crate::core_pg::serve(config, grpc, admin, termination()).await.map_err(|e| e.to_string())
+}
+
 /// `merchant-edge relay`: relays the core's notices into JetStream until SIGINT or SIGTERM.
 pub async fn relay(config: crate::relay::RelayConfig, admin: SocketAddr) -> Result<(), String> {
     crate::telemetry::init_logging(&Default::default());

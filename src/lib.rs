@@ -30,6 +30,8 @@
 //! - [`relay`]: `merchant-edge relay`: follows the core's change stream into a NATS JetStream stream,
 //!   each notice once and in core order, for a fleet of edges.
 //! - [`sim`]: the bank-core simulator (`core-sim`, and the embedded default upstream).
+//! - [`core_pg`]: `merchant-edge core-pg`, the core contract served from a PostgreSQL table, its
+//!   changes read from the WAL by logical decoding (a real system of record in place of the simulator).
 //! - [`client`], [`commands`]: the `lookup` and `explain` clients (the `explain` report as aligned
 //!   lines for people) and the binary's subcommands.
 //! - [`pb`]: generated protobuf code; [`wire`]: the server's encoding of the lookup contract, with
@@ -43,6 +45,7 @@ mod checklist;
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod core_pg;
 mod explain;
 pub mod feed;
 pub mod guard;

@@ -37,6 +37,22 @@ enum Command {
         #[arg(long, default_value_t = merchant_edge::sim::DEFAULT_HISTORY)]
         history: usize,
     },
+    /// Serve the core contract from a PostgreSQL table, its changes read by logical decoding
+    /// (deploy/postgres/schema.sql sets the database up).
+    CorePg {
+        /// The database, e.g. postgres://core_pg@db.internal:5432/merchants (or [postgres] url).
+        #[arg(long, value_name = "URL", env = "DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+        /// gRPC address for edges and relays [default: 127.0.0.1:50053, or [server] listen].
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// Admin HTTP address: /livez, /readyz, /metrics [default: 127.0.0.1:9093, or [admin] listen].
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<SocketAddr>,
+        /// TOML config (table and column names, slot, pool; config/core-pg.example.toml).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Look merchant IDs up on a running edge and print the answers.
     Lookup {
         #[arg(required = true, value_name = "ID")]
@@ -134,6 +150,10 @@ fn main() -> ExitCode {
             Command::Serve { config } => commands::serve(config.as_deref()).await,
             Command::CoreSim { listen, merchants, history } => {
                 commands::core_sim(listen, merchants, history).await.map(|()| ExitCode::SUCCESS)
+            }
+            Command::CorePg { database_url, listen, admin, config } => {
+                let args = commands::CorePgArgs { config, database_url, listen, admin };
+                commands::core_pg(args).await.map(|()| ExitCode::SUCCESS)
             }
             Command::Lookup { ids, server, ca, cert, key, min_sequence } => {
                 let tls = merchant_edge::client::ClientTls { ca, identity: cert.zip(key) };

@@ -322,34 +322,50 @@ pub struct Problem {
     pub message: String,
 }
 
+/// Reads a TOML config file of any of the binary's commands (`serve`, `core-pg`) and validates it.
+pub fn load_checked<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    semantic_problems: impl Fn(&T) -> Vec<(&'static str, String)>,
+) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    parse_checked(&text, &path.display().to_string(), semantic_problems)
+}
+
+/// Parses TOML config text into `T` and validates it with `semantic_problems` (dotted key, message);
+/// every problem is located in the text by its line, and `origin` names the text in errors.
+pub fn parse_checked<T: serde::de::DeserializeOwned>(
+    text: &str,
+    origin: &str,
+    semantic_problems: impl Fn(&T) -> Vec<(&'static str, String)>,
+) -> Result<T, ConfigError> {
+    let invalid = |problems| ConfigError::Invalid { origin: origin.to_owned(), problems };
+    let config: T = toml::from_str(text).map_err(|e| {
+        invalid(vec![Problem {
+            line: e.span().map(|span| line_of_offset(text, span.start)),
+            key: e.span().and_then(|span| key_at_offset(text, span.start)),
+            message: syntax_message(&e, text),
+        }])
+    })?;
+    let problems: Vec<Problem> = semantic_problems(&config)
+        .into_iter()
+        .map(|(key, message)| Problem { line: line_of_key(text, key), key: Some(key.to_owned()), message })
+        .collect();
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(invalid(problems))
+    }
+}
+
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        Self::parse(&text, &path.display().to_string())
+        load_checked(path, Config::semantic_problems)
     }
 
     /// Parses and validates config text; `origin` names it in errors (usually the file path).
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let invalid = |problems| ConfigError::Invalid { origin: origin.to_owned(), problems };
-        let config: Config = toml::from_str(text).map_err(|e| {
-            invalid(vec![Problem {
-                line: e.span().map(|span| line_of_offset(text, span.start)),
-                key: e.span().and_then(|span| key_at_offset(text, span.start)),
-                message: syntax_message(&e, text),
-            }])
-        })?;
-        let problems: Vec<Problem> = config
-            .semantic_problems()
-            .into_iter()
-            .map(|(key, message)| Problem { line: line_of_key(text, key), key: Some(key.to_owned()), message })
-            .collect();
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(invalid(problems))
-        }
+        parse_checked(text, origin, Config::semantic_problems)
     }
 
     /// Dotted keys whose effective values differ between two configs.
