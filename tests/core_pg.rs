@@ -136,6 +136,15 @@ async fn sequences_continue_across_kill_9_and_a_change_committed_while_down_is_d
     let incarnation = before[0].incarnation.clone();
     assert!(incarnation.starts_with("pg-"), "{incarnation}");
 
+    // Let core-pg tell PostgreSQL what it has decoded (a status update carries the slot position it
+    // confirms) before it dies: the slot must still hold what the history holds.
+    let decoded_at: String = postgres.client().await.query_one("SELECT now()::text", &[]).await.unwrap().get(0);
+    eventually_within(pg::PATIENCE, "core-pg reported its position", || async {
+        let replied = "SELECT EXISTS (SELECT 1 FROM pg_stat_replication WHERE reply_time > $1::text::timestamptz)";
+        let row = postgres.client().await.query_one(replied, &[&decoded_at]).await.unwrap();
+        row.get::<_, bool>(0).then_some(())
+    })
+    .await;
     core_pg.kill().await;
     postgres
         .execute(&format!(
