@@ -323,3 +323,40 @@ async fn two_processes_each_with_a_slot_serve_the_same_history_and_admin_writes_
     assert!(answer.into_inner().found, "the token's write is visible");
     assert_eq!(postgres.slots().await, ["edge_a", "edge_b"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_database_in_place_is_a_new_incarnation_and_edges_resync() {
+    let postgres = Postgres::start().await;
+    let core_pg = CorePg::start(&postgres.url(), "").await;
+    core_pg.wait_ready().await;
+    postgres.execute(&insert_merchants(1, 5)).await;
+    let before = notices(&core_pg, 0, 5).await[0].incarnation.clone();
+    let mut config = edge_config(&core_pg.url());
+    config.feed.warm_start = true;
+    let edge = start_following_edge(config).await;
+    let mut terminal = client(&edge).await;
+    assert!(lookup(&mut terminal, &merchant_id(1)).await.unwrap().found);
+
+    // A restored backup or a promoted standby: same address, other history. Its sequences restart,
+    // so an edge must not read them as old ones: it resyncs and forgets what the old database held.
+    postgres.replace().await;
+    eventually_within(pg::PATIENCE, "core-pg follows the new database", || async {
+        let mut admin = CoreAdminClient::connect(core_pg.url()).await.ok()?;
+        let stats = admin.get_stats(GetStatsRequest {}).await.ok()?.into_inner();
+        (stats.incarnation != before && core_pg.is_ready().await).then_some(())
+    })
+    .await;
+    postgres.execute(&insert_merchants(6, 5)).await;
+    let after = notices(&core_pg, 0, 5).await;
+    assert_ne!(after[0].incarnation, before);
+    assert_eq!(after[0].merchant_id, merchant_id(6));
+    eventually_within(pg::PATIENCE, "the edge follows the new database", || {
+        let mut terminal = terminal.clone();
+        async move {
+            let new = lookup(&mut terminal, &merchant_id(6)).await.ok()?.found;
+            let old = lookup(&mut terminal, &merchant_id(1)).await.ok()?.found;
+            (new && !old).then_some(())
+        }
+    })
+    .await;
+}

@@ -80,16 +80,19 @@ impl Postgres {
         if let Some((uid, gid)) = cluster_owner() {
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
         }
-        let bin = bin_dir();
-        let output = as_owner(std::process::Command::new(bin.join("initdb")).current_dir(&dir))
+        let postgres = Self { port: free_port(), dir, bin: bin_dir() };
+        postgres.initdb();
+        postgres.start_server();
+        postgres
+    }
+
+    fn initdb(&self) {
+        let output = as_owner(std::process::Command::new(self.bin.join("initdb")).current_dir(&self.dir))
             .args(["--auth=trust", "--username=postgres", "--no-sync", "--encoding=UTF8", "--locale=C", "-D"])
-            .arg(dir.join("data"))
+            .arg(self.dir.join("data"))
             .output()
             .expect("run initdb");
         assert!(output.status.success(), "initdb: {}", String::from_utf8_lossy(&output.stderr));
-        let postgres = Self { port: free_port(), dir, bin };
-        postgres.start_server();
-        postgres
     }
 
     pub fn url(&self) -> String {
@@ -122,6 +125,16 @@ impl Postgres {
     pub fn crash(&self) {
         let output = self.pg_ctl(&["-w", "-m", "immediate", "stop"]);
         assert!(output.status.success(), "pg_ctl stop: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    /// Another database in its place: the cluster crashes and a new one (new system identifier,
+    /// schema.sql applied) starts on the same port, as a restore or a failover looks to clients.
+    pub async fn replace(&self) {
+        self.crash();
+        std::fs::remove_dir_all(self.dir.join("data")).unwrap();
+        self.initdb();
+        self.start_server();
+        self.client().await.batch_execute(SCHEMA).await.expect("deploy/postgres/schema.sql applies");
     }
 
     /// Starts the server again on the same port and data.
