@@ -32,35 +32,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http(addr, path, timeout=2.0):
-    try:
-        with urllib.request.urlopen(f"http://{addr}{path}", timeout=timeout) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except OSError:
-        return 0, ""
-
-
-def wait(what, condition, limit=300.0, pause=0.01):
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(pause)
-    raise SystemExit(f"timed out waiting until {what}")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchkit import free_port, http, wait  # noqa: E402
 
 
 def metric(addr, name):
