@@ -49,14 +49,9 @@ async fn table(postgres: &Postgres) -> BTreeMap<String, (String, String)> {
     rows.iter().map(|row| (row.get(0), (row.get(1), row.get(2)))).collect()
 }
 
+/// The status as the table stores it.
 fn status_text(status: i32) -> &'static str {
-    match MerchantStatus::try_from(status).unwrap() {
-        MerchantStatus::Active => "ACTIVE",
-        MerchantStatus::PendingReview => "PENDING_REVIEW",
-        MerchantStatus::Suspended => "SUSPENDED",
-        MerchantStatus::Closed => "CLOSED",
-        MerchantStatus::Unspecified => "UNSPECIFIED",
-    }
+    merchant_edge::core_pg::row::status_text(MerchantStatus::try_from(status).unwrap()).unwrap_or("UNSPECIFIED")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::config::ColumnsConfig;
-use super::row::{check_id, Fields, RowProblem};
+use super::row::{servable_id, Fields, RowProblem};
 use crate::merchant_id::IdRule;
 use crate::pb::Merchant;
 
@@ -60,11 +60,8 @@ pub fn decode(content: &[u8], columns: &ColumnsConfig, rule: &IdRule) -> Result<
             Ok(merchant) => ChangeContent::Upsert(merchant),
             Err(problem) => ChangeContent::Unservable(problem),
         },
-        "D" => match row.id() {
-            Ok(merchant_id) => match check_id(&merchant_id, rule) {
-                Ok(()) => ChangeContent::Delete { merchant_id },
-                Err(error) => ChangeContent::Unservable(RowProblem::InvalidId { id: merchant_id, error }),
-            },
+        "D" => match row.id().and_then(|id| servable_id(id, rule)) {
+            Ok(merchant_id) => ChangeContent::Delete { merchant_id },
             Err(problem) => ChangeContent::Unservable(problem),
         },
         other => return Err(MalformedChange(format!("kind {other:?} is neither \"U\" nor \"D\""))),

@@ -14,6 +14,9 @@ use crate::pb::{Merchant, MerchantStatus};
 /// The prefix of the watermark messages core-pg writes to find where its decoding stands.
 pub const WATERMARK_PREFIX: &str = "merchant_edge.watermark";
 
+/// The committed head: the last sequence a committed change took.
+const HEAD_SQL: &str = "SELECT last_sequence FROM merchant_edge.head";
+
 /// Which database history this is: a restored or failed-over database is another one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -112,7 +115,7 @@ impl Database {
     /// The committed head.
     pub async fn head(&self) -> Result<u64, CorePgError> {
         let client = self.pool.get().await?;
-        let row = client.query_one("SELECT last_sequence FROM merchant_edge.head", &[]).await?;
+        let row = client.query_one(HEAD_SQL, &[]).await?;
         Ok(sequence(row.get(0)))
     }
 
@@ -121,7 +124,7 @@ impl Database {
     pub async fn watermark(&self, nonce: &str) -> Result<u64, CorePgError> {
         let mut client = self.pool.get().await?;
         let transaction = client.transaction().await?;
-        let head = transaction.query_one("SELECT last_sequence FROM merchant_edge.head", &[]).await?;
+        let head = transaction.query_one(HEAD_SQL, &[]).await?;
         transaction.execute("SELECT pg_logical_emit_message(true, $1, $2)", &[&WATERMARK_PREFIX, &nonce]).await?;
         transaction.commit().await?;
         Ok(sequence(head.get(0)))

@@ -233,8 +233,8 @@ impl History {
         if after < base {
             return Read::TooOld { oldest_resumable: base, head };
         }
-        let skip = (after - base) as usize;
-        Read::Notices(state.notices.iter().skip(skip).take(max).map(|kept| kept.notice.clone()).collect())
+        let first = usize::try_from(after - base).unwrap_or(usize::MAX).min(state.notices.len());
+        Read::Notices(state.notices.range(first..).take(max).map(|kept| kept.notice.clone()).collect())
     }
 }
 

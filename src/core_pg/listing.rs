@@ -140,7 +140,7 @@ impl Listings {
             read.inspect_err(|_| self.close(&snapshot))?
         };
         let more = rows.len() > size;
-        let mut fields: Vec<Fields> = rows.iter().take(size).filter_map(|row| Mapping::fields(row, 0)).collect();
+        let fields: Vec<Fields> = rows.iter().take(size).filter_map(|row| Mapping::fields(row, 0)).collect();
         let next_page_token = if more {
             let after = fields.last().map(|last| last.merchant_id.clone()).unwrap_or_default();
             Token { snapshot: snapshot.clone(), sequence: session.sequence, after }.encode()
@@ -149,7 +149,7 @@ impl Listings {
             String::new()
         };
         let (mut merchants, mut skipped) = (Vec::with_capacity(fields.len()), Vec::new());
-        for row in fields.drain(..) {
+        for row in fields {
             match row.into_merchant(rule) {
                 Ok(merchant) => merchants.push(merchant),
                 Err(problem) => skipped.push(problem),

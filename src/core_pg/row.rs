@@ -138,23 +138,29 @@ pub fn check_id(id: &str, rule: &IdRule) -> Result<(), IdMisfit> {
     }
 }
 
+/// `id`, when it is exactly what an edge would look up under `rule`.
+pub fn servable_id(id: String, rule: &IdRule) -> Result<String, RowProblem> {
+    match check_id(&id, rule) {
+        Ok(()) => Ok(id),
+        Err(error) => Err(RowProblem::InvalidId { id, error }),
+    }
+}
+
 impl Fields {
     /// The merchant these fields describe, or why it cannot be served.
     pub fn into_merchant(self, rule: &IdRule) -> Result<Merchant, RowProblem> {
-        if let Err(error) = check_id(&self.merchant_id, rule) {
-            return Err(RowProblem::InvalidId { id: self.merchant_id, error });
-        }
+        let merchant_id = servable_id(self.merchant_id, rule)?;
         let Some(status) = self.status.as_deref().and_then(status_from_text) else {
             let status = self.status.unwrap_or_else(|| "NULL".to_owned());
-            return Err(RowProblem::UnknownStatus { id: self.merchant_id, status });
+            return Err(RowProblem::UnknownStatus { id: merchant_id, status });
         };
         let version = u64::try_from(self.version).map_err(|_| RowProblem::BadValue {
-            id: self.merchant_id.clone(),
+            id: merchant_id.clone(),
             column: "version".into(),
             found: format!("the negative number {}", self.version),
         })?;
         Ok(Merchant {
-            merchant_id: self.merchant_id,
+            merchant_id,
             name: self.name,
             mcc: self.mcc,
             city: self.city,
