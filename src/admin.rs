@@ -108,8 +108,9 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
         (false, None) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: warming up or draining".to_owned()),
     };
     let source = state.config.load().feed.source.as_str();
+    let nats = feed.nats().map(|nats| format!("\nnats: {}", nats.describe())).unwrap_or_default();
     let body = format!(
-        "{verdict}\nfeed: {link}, applied sequence {}, core head {}, lag {} / {:.1}s, source {source}\n",
+        "{verdict}\nfeed: {link}, applied sequence {}, core head {}, lag {} / {:.1}s, source {source}{nats}\n",
         feed.applied(),
         feed.head(),
         crate::text::count(lag.notices, "notice", "notices"),

@@ -126,6 +126,10 @@ enum Command {
         /// PEM CA to trust for a NATS server over TLS.
         #[arg(long, value_name = "FILE")]
         nats_tls_ca: Option<PathBuf>,
+        /// Stream replicas when the relay creates the stream: 1 on a single server, 3 on a 3-node
+        /// cluster (survives losing any one server). An existing stream keeps its own.
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+        replicas: u8,
     },
 }
 
@@ -174,6 +178,7 @@ fn main() -> ExitCode {
                 nats_user,
                 nats_password_file,
                 nats_tls_ca,
+                replicas,
             } => {
                 let auth = merchant_edge::relay::nats_auth(nats_creds, nats_user, nats_password_file)
                     .map_err(|e| e.to_string())?;
@@ -182,6 +187,7 @@ fn main() -> ExitCode {
                 config.nats.tls_ca = nats_tls_ca;
                 config.nats.stream = stream;
                 config.nats.subject = subject;
+                config.limits.replicas = usize::from(replicas);
                 commands::relay(config, admin).await.map(|()| ExitCode::SUCCESS)
             }
             Command::CheckConfig { .. } | Command::Snapshot { .. } => {

@@ -211,7 +211,7 @@ impl Edge {
             }
             Ok(())
         });
-        let source = crate::feed::source_for(&config.feed, core.grpc()).await?;
+        let source = crate::feed::source_for(&config.feed, core.grpc(), &feed).await?;
         let mut change_feed = ChangeFeed::new(FeedParts {
             core: core.listing(),
             source,

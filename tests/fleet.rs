@@ -3,185 +3,32 @@
 //! never answers older than a notice it had applied, and recovers from a killed relay, a restarted
 //! broker, a trimmed stream and a restarted core; the core serves one watch per relay.
 mod common;
+#[path = "common/fleet.rs"]
+mod fleet;
 #[path = "common/nats.rs"]
 mod nats;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::pull::OrderedConfig;
-use async_nats::jetstream::consumer::DeliverPolicy;
 use common::{client, lookup, loopback, source, Core};
-use futures::StreamExt;
-use merchant_edge::config::Config;
-use merchant_edge::feed::{ResyncReason, SourceKind};
-use merchant_edge::pb::core_admin_client::CoreAdminClient;
-use merchant_edge::pb::{DeleteMerchantRequest, Merchant, Source, UpsertMerchantRequest};
-use merchant_edge::relay::{self, Entry, Position, Relay, RelayConfig, RelayError, DEFAULT_STREAM, DEFAULT_SUBJECT};
+use fleet::{
+    assert_answers, assert_stream_contiguous, churn, churned, nats_edge_config, relay_config, start_edges,
+    start_edges_with, wait_converged, ChangeLog, Checkers, RunningRelay,
+};
+use merchant_edge::feed::ResyncReason;
+use merchant_edge::pb::Source;
+use merchant_edge::relay::{self, DEFAULT_STREAM, DEFAULT_SUBJECT};
 use merchant_edge::server::RunningEdge;
 use merchant_edge::sim::Simulator;
-use nats::{eventually, NatsServer, PATIENCE};
+use nats::{eventually, NatsServer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
-
-fn relay_config(core: &Core, nats_url: &str) -> RelayConfig {
-    let mut config = RelayConfig::new(core.url(), nats_url);
-    config.reconnect_initial_backoff = Duration::from_millis(10);
-    config.reconnect_max_backoff = Duration::from_millis(200);
-    config.core.stall_timeout = Duration::from_secs(2);
-    config.nats.request_timeout = Duration::from_secs(1);
-    config
-}
-
-/// A relay on its own task; killing (or dropping) it aborts the task, as a crash would.
-struct RunningRelay {
-    task: JoinHandle<Result<(), RelayError>>,
-}
-
-impl RunningRelay {
-    async fn start(config: RelayConfig) -> Self {
-        let relay = Relay::new(config, loopback().await);
-        Self { task: tokio::spawn(relay.run(std::future::pending())) }
-    }
-
-    async fn kill(mut self) {
-        self.task.abort();
-        let _ = (&mut self.task).await;
-    }
-}
-
-impl Drop for RunningRelay {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// An edge that follows the relays' stream at `nats_url` and asks `core` on misses and resyncs.
-fn nats_edge_config(core: &Core, nats_url: &str) -> Config {
-    let mut config = common::edge_config(&core.url());
-    config.feed.source = SourceKind::Nats;
-    config.feed.nats_url = nats_url.to_owned();
-    config.feed.nats_request_timeout = Duration::from_secs(1);
-    config.feed.stall_timeout = Duration::from_secs(2);
-    config
-}
-
-async fn start_edges(core: &Core, nats_url: &str, count: usize) -> Vec<RunningEdge> {
-    start_edges_with(core, nats_url, count, |_| {}).await
-}
-
-async fn start_edges_with(core: &Core, nats_url: &str, count: usize, configure: fn(&mut Config)) -> Vec<RunningEdge> {
-    let mut edges = Vec::new();
-    for _ in 0..count {
-        let mut config = nats_edge_config(core, nats_url);
-        configure(&mut config);
-        edges.push(common::start_edge(config).await);
-    }
-    for edge in &edges {
-        eventually("the edge follows the stream", || async { edge.feed.is_connected().then_some(()) }).await;
-    }
-    edges
-}
-
-/// What the churn below leaves merchant `i` as: a new merchant onboarded, or a base one deleted.
-fn churned(i: u64) -> (String, bool) {
-    if i % 5 == 4 {
-        (format!("898{i:012}"), false)
-    } else {
-        (format!("8985{i:011}"), true)
-    }
-}
-
-/// Commits changes `first..first + count` at the core; returns the last sequence, and records each
-/// merchant's change sequence in `log` (when given) once the core has committed it.
-async fn churn(core_url: &str, first: u64, count: u64, log: Option<&ChangeLog>) -> u64 {
-    let mut admin = CoreAdminClient::connect(core_url.to_owned()).await.expect("connect to core admin");
-    let mut last = 0;
-    for i in first..first + count {
-        let (id, exists) = churned(i);
-        let response = if exists {
-            let merchant = Merchant {
-                merchant_id: id.clone(),
-                name: format!("Fleet Shop {i}"),
-                mcc: "5411".into(),
-                city: "Hangzhou".into(),
-                ..Default::default()
-            };
-            admin.upsert_merchant(UpsertMerchantRequest { merchant: Some(merchant) }).await
-        } else {
-            admin.delete_merchant(DeleteMerchantRequest { merchant_id: id.clone() }).await
-        };
-        last = response.expect("the core commits the change").into_inner().sequence;
-        if let Some(log) = log {
-            log.lock().unwrap().insert(id, last);
-        }
-    }
-    last
-}
-
-/// The sequence of the last change committed for each merchant the churn touched.
-type ChangeLog = Arc<Mutex<HashMap<String, u64>>>;
-
-/// Waits until every edge follows the stream with everything up to the core's head applied.
-async fn wait_converged(edges: &[RunningEdge], core: &Core) {
-    let head = core.stats().await.head_sequence;
-    for (n, edge) in edges.iter().enumerate() {
-        eventually(&format!("edge {n} applied {head}"), || async {
-            (edge.feed.is_connected() && edge.feed.applied() == head).then_some(())
-        })
-        .await;
-    }
-}
-
-/// Every edge answers every merchant of `changes` as the churn left it.
-async fn assert_answers(edges: &[RunningEdge], changes: std::ops::Range<u64>) {
-    for (n, edge) in edges.iter().enumerate() {
-        let mut client = client(edge).await;
-        for i in changes.clone() {
-            let (id, exists) = churned(i);
-            let answer = lookup(&mut client, &id).await.unwrap();
-            assert_eq!(answer.found, exists, "edge {n}, merchant {id}: {answer:?}");
-            if exists {
-                assert_eq!(answer.merchant.unwrap().name, format!("Fleet Shop {i}"), "edge {n}");
-            }
-        }
-    }
-}
-
-/// Every message on the relays' subject, in stream order.
-async fn read_stream(js: &async_nats::jetstream::Context) -> Vec<Entry> {
-    let mut stream = js.get_stream(DEFAULT_STREAM).await.expect("the relays created the stream");
-    let total = stream.info().await.unwrap().state.messages as usize;
-    let consumer = stream
-        .create_consumer(OrderedConfig {
-            deliver_policy: DeliverPolicy::All,
-            filter_subject: DEFAULT_SUBJECT.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let mut messages = consumer.messages().await.unwrap();
-    let mut entries = Vec::with_capacity(total);
-    while entries.len() < total {
-        let message = tokio::time::timeout(PATIENCE, messages.next()).await.unwrap().unwrap().unwrap();
-        entries.push(relay::decode(message.headers.as_ref(), &message.payload).expect("a relay message"));
-    }
-    entries
-}
-
-/// The stream holds `1..=head` of `incarnation`, each once, in order, and nothing else.
-async fn assert_stream_contiguous(js: &async_nats::jetstream::Context, incarnation: &str, head: u64) {
-    let positions: Vec<Position> = read_stream(js).await.iter().map(Entry::position).collect();
-    let expected: Vec<Position> =
-        (1..=head).map(|sequence| Position { incarnation: incarnation.to_owned(), sequence }).collect();
-    assert_eq!(positions, expected);
-}
 
 /// A TCP proxy in front of the NATS server for one edge: cutting it drops that edge's connection (and
 /// refuses new ones) while the rest of the fleet keeps theirs.
@@ -262,38 +109,10 @@ async fn three_edges_on_two_relays_converge_never_answer_older_than_applied_and_
 
     // Terminals on every edge while the core churns: each answer must be at least as new as the last
     // change to that merchant that the edge had applied when the lookup began.
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut lookups = Vec::new();
-    for n in 0..edges.len() {
-        let (edges, log, stop) = (edges.clone(), log.clone(), stop.clone());
-        lookups.push(tokio::spawn(async move {
-            let edge = &edges[n];
-            let mut client = client(edge).await;
-            let mut checked = 0u64;
-            let mut i = 0u64;
-            while !stop.load(Ordering::SeqCst) {
-                let (id, _) = churned(i % 300);
-                i += 7;
-                let applied = edge.feed.applied();
-                let vouched = log.lock().unwrap().get(&id).copied().filter(|&sequence| sequence <= applied);
-                let answer = lookup(&mut client, &id).await.expect("an answer");
-                let as_of = answer.provenance.unwrap().as_of_sequence;
-                if let Some(sequence) = vouched {
-                    assert!(as_of >= sequence, "edge {n}: {id} answered as of {as_of}, older than applied {sequence}");
-                    checked += 1;
-                }
-            }
-            checked
-        }));
-    }
+    let checking = Checkers::start(&edges, &log, 300);
     let head = churn(&core.url(), 0, 300, Some(&log)).await;
     wait_converged(&edges, &core).await;
-    stop.store(true, Ordering::SeqCst);
-    let mut checked = 0;
-    for task in lookups {
-        checked += task.await.unwrap();
-    }
-    assert!(checked > 0, "some lookups raced applied notices");
+    checking.finish().await;
     assert_answers(&edges, 0..300).await;
 
     assert_eq!(core.stats().await.watch_streams_open, 2, "one watch per relay, none per edge");

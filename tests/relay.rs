@@ -8,11 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::pull::OrderedConfig;
-use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
 use common::{http_get, loopback, Core};
-use futures::StreamExt;
 use merchant_edge::pb::core_admin_client::CoreAdminClient;
 use merchant_edge::pb::{ChangeNotice, DeleteMerchantRequest, Merchant, SetFaultsRequest, UpsertMerchantRequest};
 use merchant_edge::relay::{
@@ -20,7 +17,7 @@ use merchant_edge::relay::{
 };
 use merchant_edge::relay::{Appended, Publisher, DEFAULT_STREAM, DEFAULT_SUBJECT};
 use merchant_edge::sim::Simulator;
-use nats::{eventually, NatsServer, Tls, User, PATIENCE};
+use nats::{eventually, read_stream, NatsServer, Tls, User, PATIENCE};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -103,32 +100,6 @@ async fn wait_for_tail(js: &async_nats::jetstream::Context, incarnation: &str, s
         (tail(js).await.as_ref() == Some(&want)).then_some(())
     })
     .await;
-}
-
-/// Every message of the stream, in stream order, read with an ordered consumer.
-async fn read_stream(js: &async_nats::jetstream::Context) -> Vec<Entry> {
-    let mut stream = js.get_stream(DEFAULT_STREAM).await.expect("the relay created the stream");
-    let total = stream.info().await.unwrap().state.messages as usize;
-    let consumer = stream
-        .create_consumer(OrderedConfig {
-            deliver_policy: DeliverPolicy::All,
-            filter_subject: DEFAULT_SUBJECT.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("an ordered consumer");
-    let mut messages = consumer.messages().await.unwrap();
-    let mut entries = Vec::with_capacity(total);
-    while entries.len() < total {
-        let message = tokio::time::timeout(PATIENCE, messages.next())
-            .await
-            .expect("the consumer delivers every stored message")
-            .expect("the consumer is open")
-            .expect("a message");
-        let message = &message.message;
-        entries.push(relay::decode(message.headers.as_ref(), &message.payload).expect("a relay message"));
-    }
-    entries
 }
 
 /// The (incarnation, sequence) of each notice, and where the markers are.

@@ -10,6 +10,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use super::FeedState;
 use crate::metric_labels::label_values;
+use crate::relay::ServerLabels;
 
 label_values! {
     /// Why the feed reloaded from a snapshot.
@@ -55,6 +56,11 @@ pub struct FeedMetrics {
     lag_notices: Gauge,
     lag_seconds: Gauge<f64, AtomicU64>,
     source_info: Family<SourceLabels, Gauge>,
+    nats_connected: Gauge,
+    nats_reconnects: Counter,
+    /// Two scrapes at once must not both add the same reconnects.
+    nats_catch_up: std::sync::Arc<parking_lot::Mutex<()>>,
+    nats_server: Family<ServerLabels, Gauge>,
 }
 
 impl FeedMetrics {
@@ -73,6 +79,10 @@ impl FeedMetrics {
             lag_notices: Gauge::default(),
             lag_seconds: Gauge::default(),
             source_info: Family::default(),
+            nats_connected: Gauge::default(),
+            nats_reconnects: Counter::default(),
+            nats_catch_up: Default::default(),
+            nats_server: Family::default(),
         };
         for &reason in ResyncReason::ALL {
             drop(feed.resyncs.get_or_create(&ResyncLabels { reason }));
@@ -120,6 +130,21 @@ impl FeedMetrics {
             "1, labelled with where the change notices come from (core: its WatchChanges; nats: the relays' stream)",
             feed.source_info.clone(),
         );
+        registry.register(
+            "nats_connected",
+            "1 while the NATS connection is up (feed.source = \"nats\"; always 0 otherwise)",
+            feed.nats_connected.clone(),
+        );
+        registry.register(
+            "nats_reconnects",
+            "NATS connects after the first: a failover to another server, or the server coming back",
+            feed.nats_reconnects.clone(),
+        );
+        registry.register(
+            "nats_server_info",
+            "1, labelled with the NATS server the feed is connected to (no series while disconnected)",
+            feed.nats_server.clone(),
+        );
         feed
     }
 
@@ -148,5 +173,12 @@ impl FeedMetrics {
         self.core_head_sequence.set(as_gauge(status.head()));
         self.lag_notices.set(as_gauge(lag.notices));
         self.lag_seconds.set(lag.duration.as_secs_f64());
+        if let Some(link) = status.nats() {
+            self.nats_connected.set(i64::from(link.is_connected()));
+            // The client counts; the counter catches up with it at each scrape.
+            let _one_at_a_time = self.nats_catch_up.lock();
+            self.nats_reconnects.inc_by(link.reconnects().saturating_sub(self.nats_reconnects.get()));
+            link.export_server(&self.nats_server);
+        }
     }
 }

@@ -131,14 +131,16 @@ enum Sync {
 /// Why a stream ended (the sources' own vocabulary).
 type StreamEnd = SourceEnd;
 
-/// The source `settings` name: the core's watch, or a connection to NATS (made in the background).
+/// The source `settings` name: the core's watch, or a connection to NATS (made in the background,
+/// its state kept in `state` for `/readyz` and the metrics).
 pub async fn source_for(
     settings: &FeedConfig,
     core: MerchantCoreClient<Channel>,
+    state: &FeedState,
 ) -> Result<Box<dyn NoticeSource>, NatsSourceError> {
     Ok(match settings.source {
         SourceKind::Core => Box::new(CoreSource::new(core)),
-        SourceKind::Nats => Box::new(NatsSource::connect(settings).await?),
+        SourceKind::Nats => Box::new(NatsSource::connect(settings, state.follow_nats()).await?),
     })
 }
 

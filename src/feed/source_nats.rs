@@ -27,7 +27,7 @@ use tokio::sync::watch;
 
 use super::source::{Items, NoticeSource, SourceEnd, SourceItem};
 use super::{FeedConfig, ResyncReason};
-use crate::relay::{self, ConnectError, Entry, Position};
+use crate::relay::{self, ConnectError, Entry, NatsLink, Position};
 
 /// Why the NATS source cannot start: each names the `[feed]` key to fix.
 #[derive(Debug, thiserror::Error)]
@@ -92,14 +92,15 @@ pub struct NatsSource {
 }
 
 impl NatsSource {
-    /// Connects in the background (the edge starts, and reports the feed down, while NATS is down).
-    pub async fn connect(settings: &FeedConfig) -> Result<Self, NatsSourceError> {
+    /// Connects in the background (the edge starts, and reports the feed down, while NATS is down);
+    /// `link` tells operators which server it is on.
+    pub async fn connect(settings: &FeedConfig, link: Arc<NatsLink>) -> Result<Self, NatsSourceError> {
         let auth = relay::login(
             settings.nats_creds_file.clone(),
             settings.nats_user.clone(),
             settings.nats_password_file.clone(),
         )?;
-        let (connected_tx, connected) = watch::channel(false);
+        let connected = link.subscribe();
         let connect = relay::Connect {
             name: "merchant-edge",
             url: &settings.nats_url,
@@ -109,13 +110,9 @@ impl NatsSource {
             reconnect_initial_backoff: settings.reconnect_initial_backoff,
             reconnect_max_backoff: settings.reconnect_max_backoff,
         };
-        let client = relay::connect_with(connect, move |event| match event {
-            Event::Connected => {
-                connected_tx.send_replace(true);
-                tracing::info!("feed: connected to NATS");
-            }
+        let client = relay::connect_with(connect, link, move |event, reconnect| match event {
+            Event::Connected => tracing::info!(reconnect, "feed: connected to NATS"),
             Event::Disconnected | Event::Closed => {
-                connected_tx.send_replace(false);
                 tracing::warn!(%event, "feed: NATS connection lost; reconnecting");
             }
             // A refused login or a TLS problem: the message names no credential.

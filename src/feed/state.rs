@@ -8,6 +8,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::ResyncReason;
+use crate::relay::NatsLink;
 
 /// Marks an instant slot as empty.
 const NEVER: u64 = u64::MAX;
@@ -31,6 +32,8 @@ pub struct FeedState {
     /// The core history `applied` belongs to; `None` until known and while a sync replaces the stores
     /// (for the local snapshot, which may only claim a position the stores are at).
     incarnation: parking_lot::Mutex<Option<std::sync::Arc<str>>>,
+    /// The NATS connection, when notices come from the relays' stream (for `/readyz` and metrics).
+    nats: std::sync::OnceLock<std::sync::Arc<NatsLink>>,
 }
 
 /// How far the edge trails the core.
@@ -60,7 +63,18 @@ impl FeedState {
             behind_since: AtomicU64::new(NEVER),
             last_resync: parking_lot::Mutex::new(None),
             incarnation: parking_lot::Mutex::new(None),
+            nats: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The NATS connection's state, made on the first call (the NATS source's connection updates it).
+    pub fn follow_nats(&self) -> std::sync::Arc<NatsLink> {
+        self.nats.get_or_init(Default::default).clone()
+    }
+
+    /// The NATS connection, if the feed follows the relays' stream.
+    pub fn nats(&self) -> Option<&NatsLink> {
+        self.nats.get().map(|link| &**link)
     }
 
     fn encode(&self, at: Instant) -> u64 {

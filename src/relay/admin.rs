@@ -20,11 +20,12 @@ pub fn router(metrics: Arc<RelayMetrics>) -> Router {
 
 async fn readyz(State(metrics): State<Arc<RelayMetrics>>) -> impl IntoResponse {
     let position = format!(
-        "applied sequence {}, published sequence {}, core head {}, lag {} notices",
+        "applied sequence {}, published sequence {}, core head {}, lag {} notices; NATS {}",
         metrics.applied_sequence.get(),
         metrics.published_sequence.get(),
         metrics.core_head_sequence.get(),
-        metrics.lag_notices.get()
+        metrics.lag_notices.get(),
+        metrics.nats_link().describe()
     );
     match metrics.readiness() {
         Ok(()) => (StatusCode::OK, format!("ready: relaying; {position}\n")),

@@ -87,6 +87,9 @@ pub struct StreamLimits {
     pub max_messages: i64,
     /// How long a `Nats-Msg-Id` is remembered, so a second copy of a notice is refused.
     pub duplicate_window: Duration,
+    /// Copies of the stream JetStream keeps on different servers (Raft): 1 on a single server, 3 on a
+    /// 3-node cluster, so that losing any one server loses no notice and stops no append.
+    pub replicas: usize,
 }
 
 impl Default for StreamLimits {
@@ -95,6 +98,7 @@ impl Default for StreamLimits {
             max_age: Duration::from_secs(24 * 3600),
             max_messages: 10_000_000,
             duplicate_window: Duration::from_secs(120),
+            replicas: 1,
         }
     }
 }

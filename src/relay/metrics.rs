@@ -1,6 +1,7 @@
 //! The relay's Prometheus metrics (prefix `merchant_edge_relay_`), and the state its `/readyz` reads.
 //! Every metric is documented in the README ("Relay metrics").
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -9,6 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use super::link::{NatsLink, ServerLabels};
 use super::message::ResyncReason;
 use crate::metric_labels::label_values;
 
@@ -86,6 +88,9 @@ pub struct RelayMetrics {
     reconnects: Family<SideLabels, Counter>,
     events: Family<ReasonLabels, Counter>,
     markers: Family<ReasonLabels, Counter>,
+    nats_server: Family<ServerLabels, Gauge>,
+    /// The NATS connection: which server, how many reconnects.
+    nats_link: Arc<NatsLink>,
     /// The stream exists (found or created) and the relay knows its tail.
     stream_ready: AtomicBool,
     /// The last problem the relay's loop met, for `/readyz` (never holds a credential).
@@ -122,6 +127,8 @@ impl RelayMetrics {
             reconnects: Family::default(),
             events: Family::default(),
             markers: Family::default(),
+            nats_server: Family::default(),
+            nats_link: Arc::default(),
             stream_ready: AtomicBool::new(false),
             last_error: Mutex::new(None),
             nats_error: Mutex::new(None),
@@ -188,8 +195,18 @@ impl RelayMetrics {
             "Resync markers this relay appended (one per break, whichever relay saw it first)",
             metrics.markers.clone(),
         );
+        r.register(
+            "nats_server_info",
+            "1, labelled with the NATS server the relay is connected to (no series while disconnected)",
+            metrics.nats_server.clone(),
+        );
         r.register("build_info", "1, labelled with the running version", build);
         Self { registry: root, ..metrics }
+    }
+
+    /// The NATS connection's state, for the client to update.
+    pub fn nats_link(&self) -> Arc<NatsLink> {
+        self.nats_link.clone()
     }
 
     /// Counts a copy the stream refused.
@@ -282,6 +299,7 @@ impl RelayMetrics {
 
     /// The text exposition format.
     pub fn encode(&self) -> String {
+        self.nats_link.export_server(&self.nats_server);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String");
         text

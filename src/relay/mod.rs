@@ -19,6 +19,7 @@
 //! - `config`: what a relay needs; `message`: the stream's message format (what an edge reads).
 //! - `core`: the watch and head probes; `stream`: the JetStream side (connect, stream, append).
 //! - `follow`: the loop tying them together; reconnect pauses come from the crate's shared backoff.
+//! - `link`: which NATS server a client is on and how often it reconnected (relays and edges).
 //! - `metrics`, `admin`: what operators see.
 //!
 //! The public surface is what the binary, the tests and the edge's NATS notice source need: the
@@ -28,6 +29,7 @@ mod admin;
 mod config;
 mod core;
 mod follow;
+mod link;
 mod message;
 mod metrics;
 mod stream;
@@ -43,6 +45,7 @@ use tokio::net::TcpListener;
 pub use self::config::{
     CoreConfig, NatsAuth, NatsConfig, RelayConfig, Secret, StreamLimits, DEFAULT_ADMIN, DEFAULT_STREAM, DEFAULT_SUBJECT,
 };
+pub use self::link::{ConnectedServer, NatsLink, ServerLabels};
 pub use self::message::{decode, Entry, MessageError, Position, ResyncReason};
 pub use self::metrics::RelayMetrics;
 pub(crate) use self::stream::{connect_with, Connect};

@@ -20,6 +20,7 @@ use async_nats::{ConnectOptions, Event, HeaderMap};
 use bytes::Bytes;
 
 use super::config::{NatsAuth, NatsConfig, RelayConfig, Secret, StreamLimits};
+use super::link::NatsLink;
 use super::message::{self, Position, ResyncReason};
 use super::metrics::{RelayMetrics, Side};
 use super::RelayError;
@@ -132,10 +133,15 @@ pub struct Connect<'a> {
 }
 
 /// Connects in the background (the caller starts, and reports not ready, while NATS is down); the
-/// client reconnects by itself, forever, with jittered backoff. Connection events go to `on_event`.
-pub async fn connect_with<F>(settings: Connect<'_>, on_event: F) -> Result<async_nats::Client, ConnectError>
+/// client reconnects by itself, forever, with jittered backoff, to any server of the list or of the
+/// cluster. Connection events update `link`, then go to `on_event` (with whether it was a reconnect).
+pub async fn connect_with<F>(
+    settings: Connect<'_>,
+    link: Arc<NatsLink>,
+    on_event: F,
+) -> Result<async_nats::Client, ConnectError>
 where
-    F: Fn(Event) + Send + Sync + 'static,
+    F: Fn(Event, bool) + Send + Sync + 'static,
 {
     let mut options = match settings.auth {
         NatsAuth::None => ConnectOptions::new(),
@@ -154,7 +160,8 @@ where
     }
     let (initial, max) = (settings.reconnect_initial_backoff, settings.reconnect_max_backoff);
     let on_event = Arc::new(on_event);
-    options
+    let events_link = link.clone();
+    let client = options
         .name(settings.name)
         .retry_on_initial_connect()
         .max_reconnects(None)
@@ -162,13 +169,33 @@ where
         .request_timeout(Some(settings.request_timeout))
         .reconnect_delay_callback(move |attempts| crate::backoff::delay_after(attempts, initial, max))
         .event_callback(move |event| {
-            let on_event = on_event.clone();
-            async move { on_event(event) }
+            let (on_event, link) = (on_event.clone(), events_link.clone());
+            async move {
+                let reconnect = link.observe(&event);
+                on_event(event, reconnect)
+            }
         })
         // Several servers (a cluster) as a comma-separated list: the client fails over between them.
-        .connect(settings.url.split(',').map(str::trim).collect::<Vec<_>>())
+        .connect(server_list(settings.url)?)
         .await
-        .map_err(|e| ConnectError::Url { url: settings.url.to_owned(), reason: e.to_string() })
+        .map_err(|e| ConnectError::Url { url: settings.url.to_owned(), reason: e.to_string() })?;
+    link.attach(client.clone());
+    Ok(client)
+}
+
+/// The servers of a comma-separated list, each a URL the client can dial.
+fn server_list(list: &str) -> Result<Vec<async_nats::ServerAddr>, ConnectError> {
+    let invalid = |reason: String| ConnectError::Url { url: list.to_owned(), reason };
+    let servers = list
+        .split(',')
+        .map(str::trim)
+        .filter(|server| !server.is_empty())
+        .map(|server| server.parse().map_err(|e| invalid(format!("{server:?}: {e}"))))
+        .collect::<Result<Vec<async_nats::ServerAddr>, _>>()?;
+    if servers.is_empty() {
+        return Err(invalid("no server in it".into()));
+    }
+    Ok(servers)
 }
 
 /// The relay's connection: connection state and reconnects go to `metrics`.
@@ -186,20 +213,21 @@ pub(super) async fn connect(
         reconnect_initial_backoff: config.reconnect_initial_backoff,
         reconnect_max_backoff: config.reconnect_max_backoff,
     };
-    let connected_once = std::sync::atomic::AtomicBool::new(false);
-    connect_with(settings, move |event| on_event(&metrics, &connected_once, event)).await.map_err(RelayError::from)
+    let link = metrics.nats_link();
+    connect_with(settings, link, move |event, reconnect| on_event(&metrics, event, reconnect))
+        .await
+        .map_err(RelayError::from)
 }
 
-fn on_event(metrics: &RelayMetrics, connected_once: &std::sync::atomic::AtomicBool, event: Event) {
-    use std::sync::atomic::Ordering;
+fn on_event(metrics: &RelayMetrics, event: Event, reconnect: bool) {
     match event {
         Event::Connected => {
             metrics.nats_connected.set(1);
             metrics.set_nats_error(None);
-            if connected_once.swap(true, Ordering::Relaxed) {
+            if reconnect {
                 metrics.reconnect(Side::Nats);
             }
-            tracing::info!("relay: connected to NATS");
+            tracing::info!(reconnect, "relay: connected to NATS");
         }
         Event::Disconnected | Event::Closed => {
             metrics.nats_connected.set(0);
@@ -228,7 +256,7 @@ fn new_stream_config(nats: &NatsConfig, limits: &StreamLimits) -> StreamConfig {
         retention: RetentionPolicy::Limits,
         discard: DiscardPolicy::Old,
         storage: StorageType::File,
-        num_replicas: 1,
+        num_replicas: limits.replicas,
         max_age: limits.max_age,
         max_messages: limits.max_messages,
         duplicate_window: limits.duplicate_window,
@@ -271,6 +299,7 @@ async fn find_or_create(
                 tracing::info!(
                     stream = nats.stream, subject = nats.subject, max_age = ?limits.max_age,
                     max_messages = limits.max_messages, duplicate_window = ?limits.duplicate_window,
+                    replicas = limits.replicas,
                     "relay: created the stream (file storage, limits retention, discard old)"
                 );
                 stream
