@@ -176,26 +176,11 @@ where
             }
         })
         // Several servers (a cluster) as a comma-separated list: the client fails over between them.
-        .connect(server_list(settings.url)?)
+        .connect(settings.url.split(',').map(str::trim).collect::<Vec<_>>())
         .await
         .map_err(|e| ConnectError::Url { url: settings.url.to_owned(), reason: e.to_string() })?;
     link.attach(client.clone());
     Ok(client)
-}
-
-/// The servers of a comma-separated list, each a URL the client can dial.
-fn server_list(list: &str) -> Result<Vec<async_nats::ServerAddr>, ConnectError> {
-    let invalid = |reason: String| ConnectError::Url { url: list.to_owned(), reason };
-    let servers = list
-        .split(',')
-        .map(str::trim)
-        .filter(|server| !server.is_empty())
-        .map(|server| server.parse().map_err(|e| invalid(format!("{server:?}: {e}"))))
-        .collect::<Result<Vec<async_nats::ServerAddr>, _>>()?;
-    if servers.is_empty() {
-        return Err(invalid("no server in it".into()));
-    }
-    Ok(servers)
 }
 
 /// The relay's connection: connection state and reconnects go to `metrics`.

@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::process::{Child, Command};
@@ -356,7 +355,7 @@ impl NatsCluster {
 pub async fn create_stream_from_file(server: &NatsServer, file: &std::path::Path) -> String {
     let config: serde_json::Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
     let name = config["name"].as_str().expect("the stream config names the stream").to_owned();
-    let client = Arc::new(server.client().await);
+    let client = server.client().await;
     let reply = client
         .request(format!("$JS.API.STREAM.CREATE.{name}"), serde_json::to_vec(&config).unwrap().into())
         .await
